@@ -1,0 +1,1 @@
+"""The `igldt` command line."""

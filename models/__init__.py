@@ -1,0 +1,1 @@
+"""DeepLabV3+ segmenters over timm backbones, and builders for the three IGL-DT roles."""

@@ -1,0 +1,1 @@
+"""Torch-free deployment runtime: numpy, OpenCV and an inference engine only."""
