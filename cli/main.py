@@ -7,16 +7,16 @@ import click
 
 from igldt import __version__
 
-# verb -> "module:function" inside igldt.cli
+# verb -> ("module:function" inside igldt.cli, one-line help shown by `igldt --help` without importing it)
 COMMANDS = {
-    "demo": "demo:demo",
-    "train": "train:train",
-    "evaluate": "evaluate:evaluate",
-    "export": "export:export",
-    "infer": "infer:infer",
-    "benchmark": "benchmark:benchmark",
-    "split": "data:split",
-    "check-data": "data:check_data",
+    "demo": ("demo:demo", "Run the whole pipeline on the embedded demo data, in minutes on a CPU."),
+    "train": ("train:train", "Train a stage: supervised | teachers | student."),
+    "evaluate": ("evaluate:evaluate", "mIoU of a checkpoint or engine on a dataset split; parity against PyTorch."),
+    "export": ("export:export", "Export a student checkpoint to ONNX (fp32/fp16/int8) or a TensorRT engine."),
+    "infer": ("infer:infer", "Segment images, folders, videos, cameras or streams."),
+    "benchmark": ("benchmark:benchmark", "Latency, FPS, size and mIoU of several artefacts side by side."),
+    "split": ("data:split", "Write a seeded labelled/unlabelled split of a training set."),
+    "check-data": ("data:check_data", "Validate a dataset and report every problem at once."),
 }
 
 
@@ -27,8 +27,12 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
-        module, attr = COMMANDS[name].split(":")
+        module, attr = COMMANDS[name][0].split(":")
         return getattr(importlib.import_module(f"igldt.cli.{module}"), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, (_, short) in COMMANDS.items()])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
