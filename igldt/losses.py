@@ -1,0 +1,251 @@
+"""IGL-DT losses: one function per equation of METHOD.md (numbers in the docstrings).
+
+Conventions
+- `logits`: B x N x H x W (N classes, input size); `features`: B x C x h x w (decoder map, stride 4).
+- Targets are int64 B x H x W with `IGNORE_INDEX` (255) for ignored pixels; ignored pixels are
+  excluded everywhere ("Pixels labelled ignore are excluded everywhere").
+- Every loss is computed in float32 (AMP autocast may hand in bf16/fp16 tensors: softmax, cosine
+  and L1 of class averages lose too much in half precision).
+- Composite losses return `(loss, terms)`; `terms` maps short names to detached scalars so the
+  progress bar and metrics log can show each term separately.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255  # the project-wide ignore value (igldt.data.IGNORE); every loader remaps to it
+LOSS_TERMS = ("pseudo", "glo", "loc", "dis")  # Table 3 ablation switches (cfg.method.losses)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pixel CE averaged over non-ignored pixels; 0 (still in the graph) when every pixel is ignored.
+
+    `F.cross_entropy(..., ignore_index)` returns NaN for an all-ignored batch (0/0), which would count
+    as a non-finite step; a crop of pure void is legitimate data, so it contributes zero instead.
+    """
+    logits = logits.float()
+    valid = target != IGNORE_INDEX
+    total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / valid.sum().clamp_min(1)
+
+
+def align_features(f_student: torch.Tensor, f_teacher: torch.Tensor) -> torch.Tensor:
+    """The teacher's feature map resized (bilinear) to the student's, when they differ.
+
+    All three DeepLabV3+ share a 256-channel stride-4 decoder, so this is normally a no-op; it
+    matters when backbones pad differently. Channel counts must match: that is a model error.
+    """
+    if f_student.shape[1] != f_teacher.shape[1]:
+        raise ValueError(f"student features have {f_student.shape[1]} channels, teacher {f_teacher.shape[1]}: "
+                         "the feature losses need the same decoder width for every role")
+    if f_teacher.shape[-2:] != f_student.shape[-2:]:
+        f_teacher = F.interpolate(f_teacher.float(), size=f_student.shape[-2:], mode="bilinear", align_corners=False)
+    return f_teacher
+
+
+def pseudo_labels(teacher_logits: torch.Tensor, threshold: float | None = None,
+                  ignore_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Hard pseudo-labels Y = argmax(teacher logits), with pixels set to ignore where the teacher's
+    confidence max(softmax) is below `threshold` (off when None) or where `ignore_mask` is True."""
+    logits = teacher_logits.detach().float()
+    if threshold is None:
+        labels = logits.argmax(1)
+    else:
+        conf, labels = logits.softmax(1).max(1)
+        labels = labels.masked_fill(conf < threshold, IGNORE_INDEX)
+    if ignore_mask is not None:
+        labels = labels.masked_fill(ignore_mask, IGNORE_INDEX)
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# single equations
+# ---------------------------------------------------------------------------------------------
+def supervised_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(6) L_sup = CE(student logits, ground truth); pixels equal to IGNORE_INDEX are excluded."""
+    return _ce(logits, target)
+
+
+def pseudo_label_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, threshold: float | None = None,
+                    target: torch.Tensor | None = None) -> torch.Tensor:
+    """(7) / (12) CE(S, Y_T) against the teacher's hard prediction Y_T = argmax(teacher logits).
+
+    `threshold`: pixels where the teacher's max softmax is below it are ignored (off when None).
+    `target`: the ground truth of labelled images; its ignore pixels are excluded here too.
+    """
+    ignore = None if target is None else target == IGNORE_INDEX
+    return _ce(student_logits, pseudo_labels(teacher_logits, threshold, ignore))
+
+
+def global_context(logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(1) K = GAP(softmax(logits)): B x N class scores, the mean class probability per image.
+
+    `valid` (B x H x W bool) restricts the average to non-ignored pixels where a mask is known.
+    """
+    p = logits.float().softmax(1)
+    if valid is None:
+        return p.mean(dim=(2, 3))
+    w = valid.unsqueeze(1).to(p.dtype)
+    return (p * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3)).clamp_min(1.0)
+
+
+def global_context_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                        valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(2) L_Glo = mean_i |K_S,i - K_T,i|: L1 averaged over the N classes, then over the batch."""
+    k_s = global_context(student_logits, valid)
+    k_t = global_context(teacher_logits.detach(), valid)
+    return (k_s - k_t).abs().mean(dim=1).mean()
+
+
+def regional_correlation(features: torch.Tensor, grid: int | tuple[int, int]) -> torch.Tensor:
+    """(3) M: the cosine self-correlation of regional vectors, B x HvWv x HvWv.
+
+    The feature map is pooled to an Hv x Wv grid (adaptive average pooling); each cell is one
+    C-dimensional regional vector; M[a, b] = cos(v_a, v_b).
+    """
+    v = F.adaptive_avg_pool2d(features.float(), grid).flatten(2)  # B x C x HvWv
+    v = F.normalize(v, dim=1, eps=1e-8)
+    return v.transpose(1, 2) @ v
+
+
+def local_regional_loss(student_features: torch.Tensor, teacher_features: torch.Tensor,
+                        grid: int | tuple[int, int] = 16) -> torch.Tensor:
+    """(4) L_Loc = mean((M_S - M_T)^2) over the batch and all HvWv x HvWv entries."""
+    teacher_features = align_features(student_features, teacher_features.detach())
+    m_s = regional_correlation(student_features, grid)
+    m_t = regional_correlation(teacher_features, grid)
+    return (m_s - m_t).pow(2).mean()
+
+
+def discrepancy_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+    """(5) L_Dis = 1 + cos(F_S, F_T): cosine along channels at each position, averaged over positions
+    (and the batch). Minimising it pushes the student's features away from the teacher's, as written."""
+    teacher_features = align_features(student_features, teacher_features.detach())
+    cos = F.cosine_similarity(student_features.float(), teacher_features.float(), dim=1, eps=1e-8)
+    return (1.0 + cos).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# composites
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class LossConfig:
+    """The `method:` section as the losses read it."""
+    alpha: float = 0.1
+    grid: int = 16
+    losses: frozenset = field(default_factory=lambda: frozenset(LOSS_TERMS))
+    threshold: float | None = None
+    cps_weight: float = 1.5
+
+    @classmethod
+    def from_cfg(cls, method) -> "LossConfig":
+        thr = method["threshold"]
+        if thr is not None and not 0.0 <= float(thr) <= 1.0:
+            raise ValueError(f"method.threshold={thr}: a confidence in [0, 1], or null for off")
+        return cls(alpha=float(method["alpha"]), grid=int(method["grid"]), losses=enabled(method["losses"] or []),
+                   threshold=None if thr is None else float(thr), cps_weight=float(method["cps_weight"]))
+
+
+def _zero(ref: torch.Tensor) -> torch.Tensor:
+    # A zero that stays attached to the graph: DDP expects every parameter to receive a gradient.
+    return ref.float().sum() * 0.0
+
+
+def state1_loss(s: dict, t_su: dict, t_ru: dict, opts: LossConfig) -> tuple[torch.Tensor, dict]:
+    """(9) L_s1 = L_Glo(S, T_SU) + alpha * L_Dis(S, T_RU)."""
+    loss, terms = _zero(s["logits"]), {}
+    if "glo" in opts.losses:
+        glo = global_context_loss(s["logits"], t_su["logits"])
+        loss, terms["glo"] = loss + glo, glo.detach()
+    if "dis" in opts.losses:
+        dis = discrepancy_loss(s["features"], t_ru["features"])
+        loss, terms["dis"] = loss + opts.alpha * dis, dis.detach()
+    return loss, terms
+
+
+def state2_loss(s: dict, t_su: dict, t_ru: dict, opts: LossConfig) -> tuple[torch.Tensor, dict]:
+    """(10) L_s2 = L_Loc(S, T_RU) + alpha * L_Dis(S, T_SU)."""
+    loss, terms = _zero(s["logits"]), {}
+    if "loc" in opts.losses:
+        loc = local_regional_loss(s["features"], t_ru["features"], opts.grid)
+        loss, terms["loc"] = loss + loc, loc.detach()
+    if "dis" in opts.losses:
+        dis = discrepancy_loss(s["features"], t_su["features"])
+        loss, terms["dis"] = loss + opts.alpha * dis, dis.detach()
+    return loss, terms
+
+
+def swap_state(iteration: int) -> int:
+    """(11) Which state iteration t uses (t counted from 1): 1 (L_s1) when t is odd, 2 (L_s2) when even."""
+    if iteration < 1:
+        raise ValueError(f"iteration t is counted from 1, got {iteration}")
+    return 1 if iteration % 2 == 1 else 2
+
+
+def unlabelled_feature_loss(iteration: int, s: dict, t_su: dict, t_ru: dict,
+                            opts: LossConfig) -> tuple[torch.Tensor, dict]:
+    """(11) Swap(L_s1, L_s2): L_s1 at odd iterations t, L_s2 at even ones."""
+    return (state1_loss if swap_state(iteration) == 1 else state2_loss)(s, t_su, t_ru, opts)
+
+
+def labelled_loss(s: dict, t_su: dict, t_ru: dict, target: torch.Tensor,
+                  opts: LossConfig) -> tuple[torch.Tensor, dict]:
+    """(8) L_l = L_sup + CE(S, Y_SU) + CE(S, Y_RU) on labelled images (GT ignore pixels excluded).
+
+    The `pseudo` ablation switch names L_P^u (Table 3), the unlabelled pseudo-label term, so the
+    labelled pseudo-label CE of (7) stays on in every ablation.
+    """
+    sup = supervised_ce(s["logits"], target)
+    pl = (pseudo_label_ce(s["logits"], t_su["logits"], opts.threshold, target)
+          + pseudo_label_ce(s["logits"], t_ru["logits"], opts.threshold, target))
+    return sup + pl, {"sup": sup.detach(), "pl_l": pl.detach()}
+
+
+def unlabelled_loss(iteration: int, s: dict, t_su: dict, t_ru: dict,
+                    opts: LossConfig) -> tuple[torch.Tensor, dict]:
+    """(13) L_u = Swap(L_s1, L_s2) + CE(S, Y_SU) + CE(S, Y_RU) on unlabelled images ((12): the CE terms)."""
+    loss, terms = unlabelled_feature_loss(iteration, s, t_su, t_ru, opts)
+    if "pseudo" in opts.losses:
+        pl = (pseudo_label_ce(s["logits"], t_su["logits"], opts.threshold)
+              + pseudo_label_ce(s["logits"], t_ru["logits"], opts.threshold))
+        loss, terms["pl_u"] = loss + pl, pl.detach()
+    return loss, terms
+
+
+def total_loss(iteration: int, s_l: dict, t_su_l: dict, t_ru_l: dict, target: torch.Tensor,
+               s_u: dict, t_su_u: dict, t_ru_u: dict, opts: LossConfig) -> tuple[torch.Tensor, dict]:
+    """(14) L = L_l + L_u. `s_*`, `t_*` are model outputs {"logits", "features"} on the labelled
+    (`_l`) and unlabelled (`_u`) images."""
+    l_l, terms = labelled_loss(s_l, t_su_l, t_ru_l, target, opts)
+    l_u, terms_u = unlabelled_loss(iteration, s_u, t_su_u, t_ru_u, opts)
+    loss = l_l + l_u
+    return loss, {**terms, **terms_u, "state": torch.tensor(float(swap_state(iteration))), "loss": loss.detach()}
+
+
+def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: torch.Tensor, r_u: torch.Tensor,
+             weight: float = 1.5) -> tuple[torch.Tensor, dict]:
+    """Stage 1 (CPS, Chen et al. 2021): CE on labelled images for both teachers, plus `weight` (lambda)
+    times each teacher's CE against the other's hard prediction on unlabelled images.
+
+    `g_*` / `r_*`: logits of the global (T_SU) and local (T_RU) teacher on labelled / unlabelled images.
+    """
+    sup_g, sup_r = supervised_ce(g_l, target), supervised_ce(r_l, target)
+    cps = pseudo_label_ce(g_u, r_u) + pseudo_label_ce(r_u, g_u)
+    loss = sup_g + sup_r + weight * cps
+    return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "cps": cps.detach(), "loss": loss.detach()}
+
+
+def enabled(names: Iterable[str]) -> frozenset:
+    """Validate an ablation subset (cfg.method.losses) and return it as a frozenset."""
+    names = frozenset(names)
+    unknown = sorted(names - set(LOSS_TERMS))
+    if unknown:
+        raise ValueError(f"method.losses: unknown term(s) {unknown}; choose a subset of {list(LOSS_TERMS)}")
+    return names

@@ -1,0 +1,167 @@
+"""Every METHOD.md loss against a hand computation on tiny tensors (ignore pixels included)."""
+import math
+
+import pytest
+import torch
+
+from igldt import losses as L
+
+IGN = L.IGNORE_INDEX
+
+
+def logsoftmax(v):
+    m = max(v)
+    lse = m + math.log(sum(math.exp(y - m) for y in v))
+    return [x - lse for x in v]
+
+
+def softmax(v):
+    e = [math.exp(x) for x in v]
+    return [x / sum(e) for x in e]
+
+
+def test_supervised_ce_excludes_ignore_and_survives_all_ignored():
+    # 3 classes, 1 image of 1x3 pixels; pixel 2 ignored
+    px = [[2.0, 0.0, -1.0], [0.5, 0.5, 3.0], [9.0, -9.0, 0.0]]
+    logits = torch.tensor(px).T.reshape(1, 3, 1, 3).requires_grad_()
+    target = torch.tensor([[[0, 2, IGN]]])
+    want = -(logsoftmax(px[0])[0] + logsoftmax(px[1])[2]) / 2
+    assert L.supervised_ce(logits, target).item() == pytest.approx(want, rel=1e-6)
+    allign = L.supervised_ce(logits, torch.full_like(target, IGN))
+    assert allign.item() == 0.0
+    allign.backward()  # still attached to the graph, finite gradient
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() == 0
+
+
+def test_pseudo_label_ce_argmax_threshold_and_gt_ignore():
+    s_px = [[1.0, 0.0], [0.0, 2.0], [0.3, 0.1]]
+    t_px = [[0.0, 5.0], [0.1, 0.0], [4.0, 0.0]]  # argmax: 1, 0, 0; confidences: high, ~0.52, high
+    s = torch.tensor(s_px).T.reshape(1, 2, 1, 3)
+    t = torch.tensor(t_px).T.reshape(1, 2, 1, 3)
+    ce = [-logsoftmax(s_px[0])[1], -logsoftmax(s_px[1])[0], -logsoftmax(s_px[2])[0]]
+    assert L.pseudo_label_ce(s, t).item() == pytest.approx(sum(ce) / 3, rel=1e-6)
+    # threshold 0.9 drops pixel 1 (teacher confidence softmax([0.1, 0]) = 0.525)
+    assert L.pseudo_label_ce(s, t, threshold=0.9).item() == pytest.approx((ce[0] + ce[2]) / 2, rel=1e-6)
+    # ground-truth ignore on a labelled image drops pixel 0 as well
+    gt = torch.tensor([[[IGN, 1, 1]]])
+    assert L.pseudo_label_ce(s, t, threshold=0.9, target=gt).item() == pytest.approx(ce[2], rel=1e-6)
+    labels = L.pseudo_labels(t, 0.9, gt == IGN)
+    assert labels.tolist() == [[[IGN, IGN, 0]]]
+
+
+def test_global_context_loss_by_hand_with_mask():
+    s_px = [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]  # 2 pixels, 3 classes
+    t_px = [[0.0, 2.0, 0.0], [0.0, 0.0, 1.0]]
+    s = torch.tensor(s_px).T.reshape(1, 3, 1, 2)
+    t = torch.tensor(t_px).T.reshape(1, 3, 1, 2)
+    ps = [softmax(v) for v in s_px]
+    pt = [softmax(v) for v in t_px]
+    ks = [(ps[0][c] + ps[1][c]) / 2 for c in range(3)]
+    kt = [(pt[0][c] + pt[1][c]) / 2 for c in range(3)]
+    want = sum(abs(a - b) for a, b in zip(ks, kt)) / 3
+    assert L.global_context_loss(s, t).item() == pytest.approx(want, rel=1e-6)
+    # only pixel 0 valid: K = that pixel's probabilities
+    valid = torch.tensor([[[True, False]]])
+    want_m = sum(abs(a - b) for a, b in zip(ps[0], pt[0])) / 3
+    assert L.global_context_loss(s, t, valid).item() == pytest.approx(want_m, rel=1e-6)
+    # batch mean: a second identical-to-teacher image halves the loss
+    s2, t2 = torch.cat([s, t]), torch.cat([t, t])
+    assert L.global_context_loss(s2, t2).item() == pytest.approx(want / 2, rel=1e-6)
+
+
+def test_regional_correlation_and_local_loss_by_hand():
+    # 2 channels, 2x4 map pooled to a 1x2 grid: left cell mean (1,0), right cell mean (1,1)
+    f = torch.tensor([[[1.0, 1.0, 2.0, 0.0], [1.0, 1.0, 0.0, 2.0]],
+                      [[0.0, 0.0, 0.0, 2.0], [0.0, 0.0, 2.0, 0.0]]]).unsqueeze(0)
+    m = L.regional_correlation(f, (1, 2))
+    c = 1 / math.sqrt(2)
+    assert m.shape == (1, 2, 2)
+    assert torch.allclose(m[0], torch.tensor([[1.0, c], [c, 1.0]]), atol=1e-6)
+    # teacher with orthogonal cells: M_T = I -> mean((M_S - M_T)^2) = 2 c^2 / 4
+    g = torch.tensor([[[1.0, 1.0, 0.0, 0.0]] * 2, [[0.0, 0.0, 1.0, 1.0]] * 2]).unsqueeze(0)
+    assert L.local_regional_loss(f, g, grid=(1, 2)).item() == pytest.approx(2 * c * c / 4, rel=1e-6)
+    assert L.local_regional_loss(f, f, grid=(1, 2)).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_discrepancy_sign_and_value():
+    a = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    b = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
+    same = torch.cat([a, a], dim=3)
+    mixed = torch.cat([a, b], dim=3)
+    # positions: cos 1 and cos 0 -> mean(1 + cos) = (2 + 1) / 2
+    assert L.discrepancy_loss(same, mixed).item() == pytest.approx(1.5, rel=1e-6)
+    assert L.discrepancy_loss(a, -a).item() == pytest.approx(0.0, abs=1e-7)
+    # teacher at another resolution is resized to the student's map
+    big = a.expand(1, 3, 4, 4)
+    assert L.discrepancy_loss(a.expand(1, 3, 2, 2), big).item() == pytest.approx(2.0, rel=1e-6)
+    with pytest.raises(ValueError, match="channels"):
+        L.discrepancy_loss(a, torch.zeros(1, 4, 1, 1))
+
+
+def test_swap_state_parity():
+    assert [L.swap_state(t) for t in range(1, 6)] == [1, 2, 1, 2, 1]
+    with pytest.raises(ValueError):
+        L.swap_state(0)
+
+
+def _outs(seed, b=2, n=3, h=8, w=8, c=4):
+    g = torch.Generator().manual_seed(seed)
+    return {"logits": torch.randn(b, n, h, w, generator=g), "features": torch.randn(b, c, h // 4, w // 4, generator=g)}
+
+
+def test_total_loss_composes_equations_8_to_14():
+    opts = L.LossConfig(alpha=0.1, grid=2)
+    s_l, su_l, ru_l, s_u, su_u, ru_u = (_outs(i) for i in range(6))
+    target = torch.randint(0, 3, (2, 8, 8), generator=torch.Generator().manual_seed(9))
+    target[0, :2] = IGN
+    sup = L.supervised_ce(s_l["logits"], target)
+    l_l = sup + L.pseudo_label_ce(s_l["logits"], su_l["logits"], None, target) \
+        + L.pseudo_label_ce(s_l["logits"], ru_l["logits"], None, target)
+    pl_u = L.pseudo_label_ce(s_u["logits"], su_u["logits"]) + L.pseudo_label_ce(s_u["logits"], ru_u["logits"])
+    s1 = L.global_context_loss(s_u["logits"], su_u["logits"]) + 0.1 * L.discrepancy_loss(s_u["features"], ru_u["features"])
+    s2 = L.local_regional_loss(s_u["features"], ru_u["features"], 2) + 0.1 * L.discrepancy_loss(s_u["features"], su_u["features"])
+    for t, state in ((1, s1), (2, s2), (7, s1)):
+        loss, terms = L.total_loss(t, s_l, su_l, ru_l, target, s_u, su_u, ru_u, opts)
+        assert loss.item() == pytest.approx((l_l + state + pl_u).item(), rel=1e-6)
+        assert terms["state"].item() == L.swap_state(t)
+    # Table 3 ablation: pseudo only -> no feature terms at all
+    only = L.LossConfig(alpha=0.1, grid=2, losses=frozenset({"pseudo"}))
+    for t in (1, 2):
+        loss, terms = L.total_loss(t, s_l, su_l, ru_l, target, s_u, su_u, ru_u, only)
+        assert loss.item() == pytest.approx((l_l + pl_u).item(), rel=1e-6)
+        assert not {"glo", "loc", "dis"} & set(terms)
+    # no pseudo: L_u is the swap term alone, L_l unchanged
+    nopl = L.LossConfig(alpha=0.1, grid=2, losses=frozenset({"glo", "loc", "dis"}))
+    loss, terms = L.total_loss(2, s_l, su_l, ru_l, target, s_u, su_u, ru_u, nopl)
+    assert loss.item() == pytest.approx((l_l + s2).item(), rel=1e-6) and "pl_u" not in terms
+
+
+def test_teachers_receive_no_gradient_through_losses():
+    s = {k: v.requires_grad_() for k, v in _outs(0).items()}
+    t = {k: v.requires_grad_() for k, v in _outs(1).items()}
+    opts = L.LossConfig(grid=2)
+    loss = sum(L.unlabelled_loss(i, s, t, t, opts)[0] for i in (1, 2))
+    loss.backward()
+    assert t["logits"].grad is None and t["features"].grad is None
+    assert s["logits"].grad.abs().sum() > 0 and s["features"].grad.abs().sum() > 0
+
+
+def test_cps_loss_by_hand():
+    g_l, r_l, g_u, r_u = (_outs(i)["logits"] for i in range(4))
+    y = torch.randint(0, 3, (2, 8, 8))
+    y[1, 3] = IGN
+    loss, terms = L.cps_loss(g_l, r_l, y, g_u, r_u, weight=1.5)
+    want = (torch.nn.functional.cross_entropy(g_l, y, ignore_index=IGN)
+            + torch.nn.functional.cross_entropy(r_l, y, ignore_index=IGN)
+            + 1.5 * (torch.nn.functional.cross_entropy(g_u, r_u.argmax(1))
+                     + torch.nn.functional.cross_entropy(r_u, g_u.argmax(1))))
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+    assert set(terms) == {"sup_g", "sup_r", "cps", "loss"}
+
+
+def test_loss_config_rejects_unknown_terms():
+    method = {"alpha": 0.1, "grid": 16, "losses": ["pseudo", "glob"], "threshold": None, "cps_weight": 1.5}
+    with pytest.raises(ValueError, match="glob"):
+        L.LossConfig.from_cfg(method)
+    method["losses"] = ["glo"]
+    assert L.LossConfig.from_cfg(method).losses == frozenset({"glo"})
