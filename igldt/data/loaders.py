@@ -1,0 +1,246 @@
+"""Torch datasets and loaders for the three training stages (the only torch module in igldt.data).
+
+Determinism: each sample draws its augmentation from `default_rng([seed, epoch, stream, index])`,
+where `index` is the position in the (repeated) list and the shuffle order comes from
+`default_rng([seed, epoch])`. Nothing depends on the worker that happens to load a sample, so
+results are the same with 0, 1 or 8 workers; ranks shard one global order like DistributedSampler.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import transforms as T
+from .check import assert_valid
+from .datasets import DataError, SegDataset, build_dataset
+from .splits import make_split, read_split_file, select
+
+LABELLED_STREAM, UNLABELLED_STREAM = 1, 2
+
+
+class _SeededSet(Dataset):
+    """Shared seeding: `set_epoch` changes every sample's augmentation; `length` repeats the list."""
+
+    stream = 0
+
+    def __init__(self, ds: SegDataset, seed: int = 0, length: int | None = None) -> None:
+        if len(ds) == 0:
+            raise DataError(f"{ds.name} split '{ds.split}' at {ds.root} has no items to load")
+        self.ds = ds
+        self.seed = int(seed)
+        self.length = int(length) if length is not None else len(ds)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, self.stream, int(index)])
+
+
+class LabelledSet(_SeededSet):
+    """Weakly augmented labelled crops: `{"image": 3xHxW float32, "mask": HxW int64}`."""
+
+    stream = LABELLED_STREAM
+
+    def __init__(self, ds: SegDataset, crop: Sequence[int] | None = (512, 512), scale: Sequence[float] | None = (0.5, 2.0),
+                 flip: bool = True, mean: Sequence[float] = T.IMAGENET_MEAN, std: Sequence[float] = T.IMAGENET_STD,
+                 seed: int = 0, length: int | None = None) -> None:
+        super().__init__(ds, seed, length)
+        self.crop, self.scale, self.flip, self.mean, self.std = crop, scale, flip, mean, std
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        i = index % len(self.ds)
+        rng = self.rng(index)
+        img, mask = T.weak(self.ds.load_image(i), self.ds.load_mask(i), rng, self.crop, self.scale, self.flip,
+                           mean=self.mean)
+        return {"image": torch.from_numpy(T.normalize(img, self.mean, self.std)),
+                "mask": torch.from_numpy(mask.astype(np.int64))}
+
+
+class UnlabelledSet(_SeededSet):
+    """Unlabelled crops: `image` (weak view), `valid` (bool HxW, False on crop padding) and,
+    with `strong`, `image_s` (photometric strong view of the same crop); with `cutmix`, `box`
+    (bool HxW CutMix region for mixing with another sample of the batch)."""
+
+    stream = UNLABELLED_STREAM
+
+    def __init__(self, ds: SegDataset, crop: Sequence[int] | None = (512, 512), scale: Sequence[float] | None = (0.5, 2.0),
+                 flip: bool = True, strong: bool = False, cutmix: bool = False,
+                 mean: Sequence[float] = T.IMAGENET_MEAN, std: Sequence[float] = T.IMAGENET_STD,
+                 seed: int = 0, length: int | None = None) -> None:
+        super().__init__(ds, seed, length)
+        self.crop, self.scale, self.flip, self.mean, self.std = crop, scale, flip, mean, std
+        self.strong, self.cutmix = strong, cutmix
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        i = index % len(self.ds)
+        rng = self.rng(index)
+        img = self.ds.load_image(i)
+        img, pad = T.weak(img, np.zeros(img.shape[:2], np.uint8), rng, self.crop, self.scale, self.flip, mean=self.mean)
+        out = {"image": torch.from_numpy(T.normalize(img, self.mean, self.std)),
+               "valid": torch.from_numpy(pad != 255)}
+        if self.strong:
+            out["image_s"] = torch.from_numpy(T.normalize(T.strong(img, rng), self.mean, self.std))
+        if self.cutmix:
+            out["box"] = torch.from_numpy(T.cutmix_box(rng, *img.shape[:2]))
+        return out
+
+
+class EvalSet(Dataset):
+    """Whole images, no augmentation: `{"image": 3xHxW float32, "mask": HxW int64, "id": str}`."""
+
+    def __init__(self, ds: SegDataset, mean: Sequence[float] = T.IMAGENET_MEAN,
+                 std: Sequence[float] = T.IMAGENET_STD) -> None:
+        self.ds, self.mean, self.std = ds, mean, std
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.ds.classes
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"image": torch.from_numpy(T.normalize(self.ds.load_image(index), self.mean, self.std)),
+                               "id": self.ds.items[index].id}
+        if self.ds.items[index].mask is not None:
+            out["mask"] = torch.from_numpy(self.ds.load_mask(index).astype(np.int64))
+        return out
+
+
+class ShardedSampler(Sampler[int]):
+    """Seeded shuffle of one global order, padded to a multiple of `world` and sharded by rank
+    (DistributedSampler semantics without needing an initialised process group)."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside world size {world}")
+        self.n, self.rank, self.world, self.seed, self.shuffle = n, rank, world, int(seed), shuffle
+        self.epoch = 0
+        self.per_rank = math.ceil(n / world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle
+                 else np.arange(self.n))
+        total = self.per_rank * self.world
+        if total > self.n:
+            order = np.concatenate([order, order[: total - self.n]])
+        return iter(order[self.rank::self.world].tolist())
+
+
+class SeededLoader(DataLoader):
+    """A DataLoader whose `set_epoch` reaches both the sampler (shuffle) and the dataset (augmentation)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+
+def _worker_init(worker_id: int) -> None:
+    # Workers already run in parallel; OpenCV's own thread pool per worker would oversubscribe.
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def _section(cfg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    sec = cfg.get(name) if isinstance(cfg, Mapping) else None
+    if not isinstance(sec, Mapping):
+        raise DataError(f"config has no '{name}:' section")
+    return sec
+
+
+def _loader(dataset: Dataset, batch_size: int, rank: int, world: int, seed: int, workers: int) -> SeededLoader:
+    sampler = ShardedSampler(len(dataset), rank, world, seed)
+    return SeededLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=int(workers),
+                        drop_last=len(sampler) >= batch_size, worker_init_fn=_worker_init if workers else None,
+                        pin_memory=torch.cuda.is_available(), persistent_workers=False)
+
+
+def train_datasets(cfg: Mapping[str, Any]) -> tuple[SegDataset, SegDataset | None]:
+    """(labelled, unlabelled | None) views of `data.train_split`, from split files or a seeded split.
+
+    No `labelled_list` -> `make_split(fraction|count, split_seed)` over the split's ids, the same
+    on every machine; no `unlabelled_list` -> the rest of the split. Neither fraction nor count ->
+    fully supervised (every item labelled, no unlabelled set).
+    """
+    d = _section(cfg, "data")
+    ds = build_dataset(d["dataset"], d["root"], d.get("train_split", "train"))
+    if d.get("labelled_list"):
+        labelled_ids = read_split_file(Path(d["labelled_list"]))
+        rest = None
+    elif d.get("fraction") is None and d.get("count") is None:
+        labelled_ids, rest = ds.ids, []
+    else:
+        labelled_ids, rest = make_split(ds.ids, fraction=d.get("fraction"), count=d.get("count"),
+                                        seed=int(d.get("split_seed", 0)))
+    if d.get("unlabelled_list"):
+        unlabelled_ids = read_split_file(Path(d["unlabelled_list"]))
+    elif rest is not None:
+        unlabelled_ids = rest
+    else:
+        chosen = set(labelled_ids)
+        unlabelled_ids = [i for i in ds.ids if i not in chosen]
+    overlap = set(labelled_ids) & set(unlabelled_ids)
+    if overlap:
+        raise DataError(f"{len(overlap)} ids are in both the labelled and unlabelled lists "
+                        f"(e.g. {sorted(overlap)[0]}); fix data.labelled_list / data.unlabelled_list")
+    labelled = select(ds, labelled_ids)
+    unlabelled = select(ds, unlabelled_ids) if unlabelled_ids else None
+    return labelled, unlabelled
+
+
+def build_train_loaders(cfg: Mapping[str, Any], rank: int = 0, world: int = 1, validate: bool = True
+                        ) -> tuple[SeededLoader, SeededLoader | None]:
+    """(labelled_loader, unlabelled_loader | None) for one rank, from `data:` and `train:` keys.
+
+    The labelled list is repeated to the unlabelled length so one epoch pairs every unlabelled
+    image with a labelled one; `train.batch_size` is per rank for both. With `validate`, the
+    labelled set is checked completely (`assert_valid`) and unlabelled images must exist.
+    Call `loader.set_epoch(epoch)` on both loaders at the start of every epoch.
+    """
+    d, t = _section(cfg, "data"), _section(cfg, "train")
+    labelled, unlabelled = train_datasets(cfg)
+    if validate:
+        assert_valid(labelled)
+        if unlabelled is not None:
+            missing = [it.image for it in unlabelled.items if not it.image.is_file()]
+            if missing:
+                raise DataError(f"{len(missing)} unlabelled images are missing (first: {missing[0]}); "
+                                "fix the unlabelled list or restore the files")
+    seed, batch, workers = int(t.get("seed", 0)), int(t["batch_size"]), int(d.get("workers", 0))
+    common = dict(crop=d.get("crop"), scale=d.get("scale"), flip=bool(d.get("flip", True)),
+                  mean=d.get("mean", T.IMAGENET_MEAN), std=d.get("std", T.IMAGENET_STD), seed=seed)
+    length = max(len(labelled), len(unlabelled)) if unlabelled is not None else len(labelled)
+    lab_loader = _loader(LabelledSet(labelled, length=length, **common), batch, rank, world, seed, workers)
+    if unlabelled is None:
+        return lab_loader, None
+    unl_set = UnlabelledSet(unlabelled, strong=bool(d.get("strong")), cutmix=bool(d.get("cutmix")),
+                            length=length, **common)
+    return lab_loader, _loader(unl_set, batch, rank, world, seed + 1, workers)
+
+
+def build_val_set(cfg: Mapping[str, Any], validate: bool = True) -> EvalSet:
+    """Whole-image evaluation set of `data.val_split` (checked with `assert_valid` by default)."""
+    d = _section(cfg, "data")
+    ds = build_dataset(d["dataset"], d["root"], d.get("val_split", "val"))
+    if validate:
+        assert_valid(ds)
+    return EvalSet(ds, d.get("mean", T.IMAGENET_MEAN), d.get("std", T.IMAGENET_STD))
