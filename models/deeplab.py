@@ -1,0 +1,165 @@
+"""DeepLabV3+ (Chen et al., ECCV 2018) over any timm `features_only` backbone (METHOD.md "Models").
+
+Written for ONNX export with dynamic H/W: no Python branch on tensor values, padding computed from
+shapes only, image pooling as a mean over H, W (no AdaptiveAvgPool).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import create_features, load_backbone_weights, resolve
+
+STRIDE_FALLBACKS = ("upsample", "truncate")
+
+
+def conv_bn_relu(cin: int, cout: int, k: int = 1, dilation: int = 1) -> nn.Sequential:
+    pad = dilation * (k - 1) // 2
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=pad, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ASPP(nn.Module):
+    """1x1 + three atrous 3x3 (rates) + image pooling, concatenated and projected to `ch`."""
+
+    def __init__(self, cin: int, ch: int = 256, rates: tuple[int, ...] = (6, 12, 18), dropout: float = 0.1):
+        super().__init__()
+        self.branches = nn.ModuleList([conv_bn_relu(cin, ch, 1)] + [conv_bn_relu(cin, ch, 3, r) for r in rates])
+        # No BatchNorm on the pooled 1x1 map: one value per channel per image would make BN fail
+        # (or be meaningless) at one image per GPU; a biased conv does the same job there.
+        self.pool = nn.Sequential(nn.Conv2d(cin, ch, 1), nn.ReLU(inplace=True))
+        self.project = nn.Sequential(conv_bn_relu(ch * (len(rates) + 2), ch, 1), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [b(x) for b in self.branches]
+        pooled = self.pool(x.mean(dim=(2, 3), keepdim=True))  # == AdaptiveAvgPool2d(1), exports as ReduceMean
+        outs.append(pooled.expand_as(outs[0]))
+        return self.project(torch.cat(outs, dim=1))
+
+
+class Decoder(nn.Module):
+    """Upsample the ASPP map to stride 4, concatenate the 48-channel skip, two 3x3 convs."""
+
+    def __init__(self, low_ch: int, ch: int = 256, skip_ch: int = 48):
+        super().__init__()
+        self.skip = conv_bn_relu(low_ch, skip_ch, 1)
+        self.fuse = nn.Sequential(conv_bn_relu(ch + skip_ch, ch, 3), conv_bn_relu(ch, ch, 3))
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([high, self.skip(low)], dim=1))
+
+
+class DeepLabV3Plus(nn.Module):
+    """Returns `{"logits": NxCxHxW at input size, "features": Nx256x⌈H/4⌉x⌈W/4⌉}` for any H, W.
+
+    Output stride: ResNet-family backbones are dilated by timm (`output_stride=`). Backbones timm
+    cannot dilate (Swin: fixed strides 4/8/16/32) follow `stride_fallback`:
+    - "upsample" (default): the deepest stage, bilinearly upsampled to 1/output_stride, feeds the
+      ASPP, so every pretrained stage is used (ASPP rates count stride-`output_stride` pixels);
+    - "truncate": the stage whose stride equals output_stride feeds the ASPP and deeper stages are
+      dropped (fewer parameters and FLOPs).
+    The input is zero-padded (bottom/right) to a multiple of `self.stride`, the backbone's deepest
+    stride, and outputs are cropped back, so features of different backbones align pixel for pixel.
+    """
+
+    def __init__(self, backbone: str, num_classes: int, output_stride: int = 16, pretrained: bool = False,
+                 stride_fallback: str = "upsample", dropout: float = 0.1):
+        super().__init__()
+        if output_stride not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+        if stride_fallback not in STRIDE_FALLBACKS:
+            raise ValueError(f"stride_fallback must be one of {STRIDE_FALLBACKS}, got '{stride_fallback}'")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        spec = resolve(backbone)
+        self.backbone_name, self.output_stride, self.num_classes = backbone, output_stride, num_classes
+        self.stride_fallback = stride_fallback
+
+        self.backbone = create_features(spec, output_stride, pretrained)
+        reductions = self.backbone.feature_info.reduction()
+        if 4 not in reductions:
+            raise ValueError(f"backbone '{backbone}' has no stride-4 stage (strides {reductions}); "
+                             f"DeepLabV3+ needs one for its skip connection")
+        if reductions[-1] > output_stride and stride_fallback == "truncate":
+            if output_stride not in reductions:
+                raise ValueError(f"backbone '{backbone}' has no stride-{output_stride} stage to truncate at")
+            keep = reductions.index(output_stride)
+            self.backbone = create_features(spec, output_stride, pretrained, out_indices=tuple(range(keep + 1)))
+            reductions = self.backbone.feature_info.reduction()
+        channels = self.backbone.feature_info.channels()
+        self.low_index = reductions.index(4)
+        self.stride = reductions[-1]                      # pad inputs to a multiple of this
+        self.upsample_high = reductions[-1] > output_stride
+        self.channels_last_features = str(getattr(self.backbone, "output_fmt", "NCHW")).endswith("NHWC")
+
+        scale = 16 // output_stride                       # rates 6/12/18 at OS16, doubled at OS8
+        self.aspp = ASPP(channels[-1], 256, tuple(r * scale for r in (6, 12, 18)), dropout)
+        self.decoder = Decoder(channels[self.low_index], 256, 48)
+        self.classifier = nn.Conv2d(256, num_classes, 1)
+        for m in [*self.aspp.modules(), *self.decoder.modules()]:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @property
+    def arch(self) -> dict:
+        """Everything `build_segmenter(**arch)` needs to rebuild this network (checkpoint `arch`)."""
+        return {"backbone": self.backbone_name, "output_stride": self.output_stride,
+                "num_classes": self.num_classes, "stride_fallback": self.stride_fallback}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, w = x.shape[-2:]
+        m = self.stride
+        x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m))  # shape arithmetic only: ONNX-safe
+        hp, wp = x.shape[-2:]
+        feats = self.backbone(x)
+        low, high = feats[self.low_index], feats[-1]
+        if self.channels_last_features:  # timm Swin returns NHWC maps
+            low, high = low.permute(0, 3, 1, 2), high.permute(0, 3, 1, 2)
+        if self.upsample_high:
+            high = F.interpolate(high, size=(hp // self.output_stride, wp // self.output_stride),
+                                 mode="bilinear", align_corners=False)
+        features = self.decoder(low, self.aspp(high))
+        logits = F.interpolate(self.classifier(features), size=(hp, wp), mode="bilinear", align_corners=False)
+        return {"logits": logits[:, :, :h, :w], "features": features[:, :, : (h + 3) // 4, : (w + 3) // 4]}
+
+
+def build_segmenter(backbone: str, num_classes: int, output_stride: int = 16, pretrained: bool = False,
+                    weights: str | Path | None = None, stride_fallback: str = "upsample") -> DeepLabV3Plus:
+    """DeepLabV3+ over a timm backbone (or alias such as `swin_nano`).
+
+    `weights=PATH` (a backbone state dict in timm naming, .pth/.pt/.safetensors) takes precedence
+    over `pretrained=True` and never touches the network.
+    """
+    model = DeepLabV3Plus(backbone, num_classes, output_stride,
+                          pretrained=bool(pretrained) and not weights, stride_fallback=stride_fallback)
+    if weights:
+        model.weights_report = load_backbone_weights(model.backbone, weights)
+    return model
+
+
+def param_groups(model: nn.Module, lr: float | None = None, head_lr_mult: float = 1.0,
+                 weight_decay: float | None = None) -> list[dict]:
+    """Optimizer groups `backbone` (lr_mult 1) and `head` (ASPP, decoder, classifier; lr_mult
+    `head_lr_mult`). With `lr`, each group also gets `lr = lr * lr_mult`; schedulers should scale
+    from `lr_mult` too. Frozen parameters are left out. Accepts DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    model = getattr(model, "_orig_mod", model)
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    groups = {"backbone": [], "head": []}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups["backbone" if id(p) in backbone_ids else "head"].append(p)
+    out = []
+    for name, params in groups.items():
+        mult = 1.0 if name == "backbone" else float(head_lr_mult)
+        g = {"name": name, "params": params, "lr_mult": mult}
+        if lr is not None:
+            g["lr"] = lr * mult
+        if weight_decay is not None:
+            g["weight_decay"] = weight_decay
+        out.append(g)
+    return out
