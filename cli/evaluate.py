@@ -1,0 +1,159 @@
+"""`igldt evaluate`: mIoU of a checkpoint on a labelled split, per-class table, JSON report.
+
+Built around a generic `predict(image RGB uint8) -> HxW labels` callable scored by
+`igldt.metrics.evaluate_predictor`, so other backends (an ONNX / TensorRT `--engine`, a
+`--reference` checkpoint for parity) only have to supply another callable to `score()`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import click
+import numpy as np
+
+MODES = ("whole", "center", "slide")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Temp file in the same folder + os.replace: a reader never sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_data(config: dict | None, data: str | None, dataset: str | None, split: str | None
+                 ) -> tuple[str, str, str]:
+    """(root, dataset name, split): the options, else what the checkpoint was trained with."""
+    cdata = (config or {}).get("data", {}) or {}
+    root = data or cdata.get("root")
+    name = dataset or cdata.get("dataset") or ("folder" if root else None)
+    split = split or cdata.get("val_split") or "val"
+    if not root:
+        raise click.UsageError("no dataset root: pass --data ROOT (the checkpoint names none)")
+    return str(root), str(name), str(split)
+
+
+def resolve_mode(config: dict | None, mode: str | None, crop: Sequence[int] | None,
+                 stride: Sequence[int] | None) -> tuple[str, list[int] | None, list[int] | None]:
+    """--mode/--crop/--stride, else the training config's train.eval_mode/eval_crop/eval_stride."""
+    train = (config or {}).get("train", {}) or {}
+    mode = mode or train.get("eval_mode") or "whole"
+    crop = list(crop) if crop else train.get("eval_crop")
+    stride = list(stride) if stride else train.get("eval_stride")
+    if mode in ("center", "slide") and not crop:
+        raise click.UsageError(f"--mode {mode} needs --crop H W (the window size)")
+    return mode, (list(crop) if crop and mode != "whole" else None), (list(stride) if stride and mode == "slide" else None)
+
+
+def default_report_path(weights: Path, dataset: str, split: str, mode: str) -> Path:
+    return weights.with_name(f"{weights.stem}.eval-{dataset}-{Path(split).stem}-{mode}.json")
+
+
+def check_writable(out: Path, force: bool) -> None:
+    """Refuse before any compute, not after an hour of evaluation."""
+    if out.exists() and not force:
+        raise click.UsageError(f"report {out} already exists; pass --force to overwrite it or --out PATH")
+
+
+def score(predict: Callable[[np.ndarray], np.ndarray], ds: Any, classes: Sequence[str], *,
+          center_crop: Sequence[int] | None = None, limit: int | None = None) -> tuple[dict, Any]:
+    """(report, ConfusionMatrix) of `predict` over `ds` with a progress bar; any backend."""
+    from tqdm import tqdm
+
+    from igldt.metrics import evaluate_predictor
+
+    total = len(ds) if limit is None else min(limit, len(ds))
+    with tqdm(total=total, desc="evaluate", unit="img", file=sys.stderr, leave=False,
+              disable=not sys.stderr.isatty()) as bar:
+        return evaluate_predictor(predict, ds, num_classes=len(classes), classes=classes,
+                                  center_crop=center_crop, limit=limit, progress=lambda i, n: bar.update(1))
+
+
+@click.command("evaluate")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Student / supervised checkpoint (.pt) written by `igldt train`.")
+@click.option("--data", default=None, metavar="ROOT", help="Dataset root. Default: the checkpoint's data.root.")
+@click.option("--dataset", default=None, metavar="NAME",
+              help="voc | cityscapes | camvid | folder | demo. Default: the checkpoint's data.dataset.")
+@click.option("--split", default=None, help="Labelled split to score. Default: the checkpoint's data.val_split.")
+@click.option("--mode", type=click.Choice(MODES), default=None,
+              help="whole image, centre crop, or sliding window. Default: the checkpoint's train.eval_mode.")
+@click.option("--crop", type=int, nargs=2, default=None, metavar="H W", help="Window of center/slide modes.")
+@click.option("--stride", type=int, nargs=2, default=None, metavar="H W",
+              help="Sliding-window step (default 2/3 of --crop; the last window touches the edge).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--amp", type=click.Choice(["off", "auto", "bf16", "fp16"]), default="off", show_default=True,
+              help="Mixed precision on CUDA (off = exact fp32 numbers).")
+@click.option("--limit", type=int, default=None, help="Score only the first N images (a quick check).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON report. Default: beside the weights, <stem>.eval-<dataset>-<split>-<mode>.json.")
+@click.option("--force", is_flag=True, help="Overwrite an existing report.")
+def evaluate(weights: Path, data: str | None, dataset: str | None, split: str | None, mode: str | None,
+             crop: tuple[int, int] | None, stride: tuple[int, int] | None, device: str, amp: str,
+             limit: int | None, out: Path | None, force: bool) -> None:
+    """Score a checkpoint on a labelled split: per-class IoU table, mIoU, JSON report.
+
+    \b
+    igldt evaluate --weights runs/student/best.pt
+    igldt evaluate --weights best.pt --data ../shared/data/camvid --dataset camvid --split test
+    igldt evaluate --weights best.pt --mode slide --crop 512 512 --stride 341 341
+    """
+    from igldt.checkpoint import CheckpointError, load_model
+    from igldt.data import DataError, build_dataset
+    from igldt.evaluate import make_predictor, resolve_device
+
+    try:
+        dev = resolve_device(device)
+        model, meta = load_model(weights, dev)
+    except (CheckpointError, ValueError) as e:
+        raise click.UsageError(str(e)) from None
+    config = meta.get("config") or {}
+    root, name, split = resolve_data(config, data, dataset, split)
+    mode, crop_l, stride_l = resolve_mode(config, mode, crop, stride)
+    out = out or default_report_path(weights, name, split, mode)
+    check_writable(out, force)
+    try:
+        ds = build_dataset(name, root, split)
+    except (DataError, OSError) as e:
+        raise click.UsageError(f"--data {root} --dataset {name} --split {split}: {e}") from None
+
+    classes = list(meta.get("classes") or ds.classes)
+    if len(ds.classes) != len(classes):
+        raise click.UsageError(f"{weights} predicts {len(classes)} classes but {name}/{split} has "
+                               f"{len(ds.classes)}; evaluate on the dataset it was trained for")
+    if list(ds.classes) != classes:
+        click.secho(f"warning: class names differ between {weights} and the dataset; using the checkpoint's",
+                    fg="yellow", err=True)
+
+    predict = make_predictor(model, meta["mean"], meta["std"], mode, crop_l, stride_l, dev, amp)
+    try:
+        report, cm = score(predict, ds, classes, center_crop=crop_l if mode == "center" else None, limit=limit)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    if mode == "slide" and stride_l is None:
+        from igldt.evaluate import default_stride
+        stride_l = list(default_stride(crop_l))
+    report.update(weights=str(weights), arch=meta.get("arch"), dataset=name, data=root, split=split,
+                  mode=mode, crop=crop_l, stride=stride_l, device=str(dev),
+                  amp=amp if dev.type == "cuda" else "off", engine="torch")
+    arch = meta.get("arch") or {}
+    click.secho(f"{weights.name} ({arch.get('backbone')}, OS{arch.get('output_stride')}) on {name}/{split}, "
+                f"mode {mode}{' ' + 'x'.join(map(str, crop_l)) if crop_l else ''}, {dev}", bold=True)
+    click.echo(cm.table(classes))
+    click.echo(f"{report['images']} images in {report['seconds']:.1f} s")
+    write_json_atomic(out, report)
+    click.echo(f"report: {out}")
