@@ -1,0 +1,64 @@
+"""SGD with momentum, poly learning-rate decay, mixed precision settings (METHOD.md "Training settings")."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+
+def build_optimizer(groups: list[dict], train) -> torch.optim.SGD:
+    """SGD over parameter groups; a group's `lr_mult` (head groups: train.head_lr_mult) scales train.lr."""
+    params = []
+    for g in groups:
+        mult = float(g.get("lr_mult", 1.0))
+        params.append({**g, "lr_mult": mult, "lr": float(train["lr"]) * mult})
+    return torch.optim.SGD(params, lr=float(train["lr"]), momentum=float(train["momentum"]),
+                           weight_decay=float(train["weight_decay"]))
+
+
+def poly_factor(iteration: int, total: int, power: float) -> float:
+    """lr(it) / lr(0) = (1 - it / total) ** power for the it-th update (it counted from 0)."""
+    return max(0.0, 1.0 - iteration / max(total, 1)) ** power
+
+
+def build_scheduler(optimizer, total: int, power: float) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: poly_factor(it, total, power))
+
+
+@dataclass
+class Amp:
+    """Autocast dtype (None = full precision) and the GradScaler (enabled only for fp16)."""
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    device_type: str
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    @property
+    def name(self) -> str:
+        return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+def build_amp(mode, device: torch.device) -> Amp:
+    """train.amp: auto (bf16 where the GPU supports it, else fp16) | bf16 | fp16 | off. CUDA only.
+
+    YAML reads a bare `off` as false (and `on` as true), so False/None mean off and True auto."""
+    mode = {False: "off", None: "off", True: "auto"}.get(mode, mode) if not isinstance(mode, str) else mode
+    if mode not in ("auto", "bf16", "fp16", "off"):
+        raise ValueError(f"train.amp={mode!r}: choose auto, bf16, fp16 or off")
+    dtype = None
+    if device.type == "cuda" and mode != "off":
+        if mode == "auto":
+            mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    elif device.type != "cuda" and mode in ("bf16", "fp16"):
+        warnings.warn(f"train.amp={mode}: mixed precision is used on CUDA only; training in float32 on "
+                      f"{device.type}", stacklevel=2)
+    scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu",
+                                  enabled=dtype == torch.float16)
+    return Amp(dtype, scaler, device.type)

@@ -1,0 +1,226 @@
+"""The three training stages. Each says which models train, their parameter groups, what one step
+computes, which model is validated and what the exported checkpoint holds. The loop (loop.py)
+does everything else the same way for all three.
+
+- `SupervisedStage`: the student architecture on labelled images only (the "Sup-only" baseline).
+- `TeachersStage`: T_SU and T_RU trained jointly with CPS (METHOD.md stage 1); one checkpoint holds both.
+- `StudentStage`: teachers frozen (eval mode, no gradients), the student learns with (6)-(14).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from igldt import losses as L
+from igldt.train.distributed import DistContext, unwrap, wrap
+
+Outputs = dict  # {"logits": B x N x H x W, "features": B x C x h x w}
+
+
+def _split(out: Outputs, n: int) -> tuple[Outputs, Outputs]:
+    """Outputs of a concatenated (labelled + unlabelled) batch, split back into the two parts."""
+    return {k: v[:n] for k, v in out.items()}, {k: v[n:] for k, v in out.items()}
+
+
+def _groups(model: nn.Module, prefix: str, head_lr_mult: float) -> list[dict]:
+    from igldt.models import param_groups
+    groups = param_groups(model, head_lr_mult=head_lr_mult)
+    return [{**g, "name": f"{prefix}/{g['name']}"} for g in groups if g["params"]]
+
+
+class Frozen(nn.Module):
+    """A teacher that stays frozen: no parameter requires grad, the forward runs under no_grad, and
+    it stays in eval mode (BatchNorm running statistics, no dropout) whatever `.train()` is called with."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.model.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "Frozen":
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> Outputs:
+        with torch.no_grad():  # not inference_mode: its outputs enter autograd graphs (as constants)
+            return self.model(x)
+
+
+class TeacherPair(nn.Module):
+    """T_SU and T_RU as one module, so one DDP wrapper and one optimiser train both."""
+
+    def __init__(self, global_teacher: nn.Module, local_teacher: nn.Module):
+        super().__init__()
+        self.global_teacher = global_teacher
+        self.local_teacher = local_teacher
+
+    def forward(self, x: torch.Tensor) -> tuple[Outputs, Outputs]:
+        return self.global_teacher(x), self.local_teacher(x)
+
+
+class Stage:
+    name = ""
+    kind = ""  # checkpoint kind of best.pt
+
+    def __init__(self, cfg, trainable: dict[str, nn.Module]):
+        self.cfg = cfg
+        self.opts = L.LossConfig.from_cfg(cfg["method"])
+        self._raw = dict(trainable)
+        self.run: dict[str, nn.Module] = dict(trainable)  # what step() calls: DDP-wrapped when distributed
+        self.frozen: dict[str, nn.Module] = {}
+
+    # -- placement -------------------------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        """Trainable models, unwrapped (what gets saved)."""
+        return {k: unwrap(m) for k, m in self.run.items()}
+
+    def to(self, device: torch.device, channels_last: bool = False) -> "Stage":
+        fmt = torch.channels_last if channels_last else torch.preserve_format
+        for m in [*self.run.values(), *self.frozen.values()]:
+            m.to(device=device, memory_format=fmt)
+        return self
+
+    def distribute(self, ctx: DistContext, sync_bn: bool = False) -> None:
+        self.run = {k: wrap(m, ctx, sync_bn) for k, m in self.run.items()}
+
+    def train(self) -> None:
+        for m in self.run.values():
+            m.train()
+        for m in self.frozen.values():
+            m.train()  # Frozen keeps itself in eval mode
+
+    def eval(self) -> None:
+        for m in [*self.run.values(), *self.frozen.values()]:
+            m.eval()
+
+    # -- optimisation ----------------------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        mult = float(self.cfg["train"]["head_lr_mult"])
+        return [g for k, m in self.modules().items() for g in _groups(m, k, mult)]
+
+    def step(self, batch_l: dict, batch_u: dict | None, iteration: int) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    # -- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {k: m.state_dict() for k, m in self.modules().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        mods = self.modules()
+        if set(state) != set(mods):
+            raise ValueError(f"checkpoint holds models {sorted(state)}, the {self.name} stage trains {sorted(mods)}")
+        for k, m in mods.items():
+            m.load_state_dict(state[k])
+
+    # -- validation / export ---------------------------------------------------------------------
+    def validated(self) -> dict[str, nn.Module]:
+        """Models validated, by the name their mIoU is logged under."""
+        return {"student": self.modules()["student"]}
+
+    def validate(self, evaluate: Callable[[nn.Module], float]) -> dict[str, float]:
+        """mIoU of each validated model, and `score` (what decides the best checkpoint)."""
+        self.eval()
+        try:
+            scores = {f"miou_{k}": float(evaluate(m)) for k, m in self.validated().items()}
+        finally:
+            self.train()
+        scores["score"] = sum(scores.values()) / len(scores)
+        return scores
+
+    def export_payload(self, meta: dict) -> dict:
+        """best.pt for this stage (export-ready); `meta` has classes, palette, mean, std, config."""
+        from igldt.checkpoint import student_payload
+        return student_payload(self.modules()["student"], kind=self.kind, **meta)
+
+
+class SupervisedStage(Stage):
+    """Sup-only: the student network trained with (6) on labelled images alone."""
+    name, kind = "supervised", "supervised"
+    uses_unlabelled = False
+
+    def __init__(self, cfg, student: nn.Module):
+        super().__init__(cfg, {"student": student})
+
+    def step(self, batch_l, batch_u, iteration):
+        out = self.run["student"](batch_l["image"])
+        loss = L.supervised_ce(out["logits"], batch_l["mask"])
+        return loss, {"sup": loss.detach(), "loss": loss.detach()}
+
+
+class TeachersStage(Stage):
+    """Stage 1: T_SU and T_RU trained jointly with cross pseudo supervision (weight method.cps_weight)."""
+    name, kind = "teachers", "teachers"
+    uses_unlabelled = True
+
+    def __init__(self, cfg, global_teacher: nn.Module, local_teacher: nn.Module):
+        super().__init__(cfg, {"teachers": TeacherPair(global_teacher, local_teacher)})
+
+    def param_groups(self) -> list[dict]:
+        pair, mult = self.modules()["teachers"], float(self.cfg["train"]["head_lr_mult"])
+        return _groups(pair.global_teacher, "global", mult) + _groups(pair.local_teacher, "local", mult)
+
+    def step(self, batch_l, batch_u, iteration):
+        n = batch_l["image"].shape[0]
+        # One forward per teacher over labelled + unlabelled: one graph per step, as DDP expects.
+        g, r = self.run["teachers"](torch.cat([batch_l["image"], batch_u["image"]]))
+        (g_l, g_u), (r_l, r_u) = _split(g, n), _split(r, n)
+        return L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], g_u["logits"], r_u["logits"],
+                          self.opts.cps_weight)
+
+    def validated(self) -> dict[str, nn.Module]:
+        pair = self.modules()["teachers"]
+        return {"global": pair.global_teacher, "local": pair.local_teacher}
+
+    def export_payload(self, meta: dict) -> dict:
+        from igldt.checkpoint import teachers_payload
+        pair = self.modules()["teachers"]
+        return teachers_payload(pair.global_teacher, pair.local_teacher, **meta)
+
+
+class StudentStage(Stage):
+    """Stage 2: the student learns from the frozen teachers with L = L_l + L_u, (6)-(14)."""
+    name, kind = "student", "student"
+    uses_unlabelled = True
+
+    def __init__(self, cfg, student: nn.Module, global_teacher: nn.Module, local_teacher: nn.Module):
+        super().__init__(cfg, {"student": student})
+        self.frozen = {"global": Frozen(global_teacher), "local": Frozen(local_teacher)}
+
+    def step(self, batch_l, batch_u, iteration):
+        n = batch_l["image"].shape[0]
+        x_t = torch.cat([batch_l["image"], batch_u["image"]])
+        # With data.strong the student sees the strong view of unlabelled images, the teachers the
+        # weak one (photometric only, so the pixels and feature positions still correspond).
+        x_s = torch.cat([batch_l["image"], batch_u.get("image_s", batch_u["image"])])
+        s = self.run["student"](x_s)
+        su, ru = self.frozen["global"](x_t), self.frozen["local"](x_t)
+        (s_l, s_u), (su_l, su_u), (ru_l, ru_u) = _split(s, n), _split(su, n), _split(ru, n)
+        return L.total_loss(iteration, s_l, su_l, ru_l, batch_l["mask"], s_u, su_u, ru_u, self.opts)
+
+
+STAGES = {"supervised": SupervisedStage, "teachers": TeachersStage, "student": StudentStage}
+
+
+def build_stage(cfg, name: str, num_classes: int, teachers: str | None = None) -> Stage:
+    """The stage `name` with its models built from `cfg.model` (the student stage loads both
+    teachers from the teachers checkpoint `teachers`, whose arch it reads from the file)."""
+    from igldt.models import build_role
+    if name not in STAGES:
+        raise ValueError(f"--stage {name}: choose one of {', '.join(STAGES)}")
+    if name == "supervised":
+        return SupervisedStage(cfg, build_role(cfg, "student", num_classes))
+    if name == "teachers":
+        return TeachersStage(cfg, build_role(cfg, "global_teacher", num_classes),
+                             build_role(cfg, "local_teacher", num_classes))
+    if not teachers:
+        raise ValueError("the student stage needs the teachers: pass --teachers runs/teachers/best.pt "
+                         "(from `igldt train --stage teachers`)")
+    from igldt.checkpoint import load_teachers
+    g, r, meta = load_teachers(teachers)
+    for role, m in (("global", g), ("local", r)):
+        if m.num_classes != num_classes:
+            raise ValueError(f"--teachers {teachers}: the {role} teacher predicts {m.num_classes} classes, "
+                             f"the dataset has {num_classes}; train teachers on this dataset")
+    return StudentStage(cfg, build_role(cfg, "student", num_classes), g, r)
