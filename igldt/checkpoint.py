@@ -32,7 +32,7 @@ def versions() -> dict[str, str]:
     import timm
 
     import igldt
-    return {"igldt": igldt.__version__, "torch": torch.__version__, "timm": timm.__version__,
+    return {"igldt": str(igldt.__version__), "torch": str(torch.__version__), "timm": str(timm.__version__),
             "python": platform.python_version(), "numpy": np.__version__}
 
 
@@ -46,8 +46,8 @@ def plain(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
+    if isinstance(obj, (Path, str)):
+        return str(obj)  # also turns str subclasses (torch's TorchVersion) into plain str
     return obj
 
 
