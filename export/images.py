@@ -1,0 +1,88 @@
+"""Real images for the post-export check and for INT8 calibration.
+
+Check images: the checkpoint's validation split if reachable, else `--calib` images, else the demo
+data. Calibration images: `--calib DIR`, else the unlabelled pool of the training split recorded
+in the checkpoint config (what the student saw without labels), else the labelled part.
+Images are returned as loaders (callables) so large pools are not held in memory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+Loader = Callable[[], np.ndarray]
+
+
+def _spread(n_total: int, n: int) -> list[int]:
+    """n indices spread evenly over the pool (deterministic, covers the whole sequence)."""
+    if n_total <= n:
+        return list(range(n_total))
+    return [int(round(i * (n_total - 1) / (n - 1))) for i in range(n)] if n > 1 else [0]
+
+
+def _from_dataset(ds, n: int) -> tuple[list[Loader], list[str]]:
+    idx = _spread(len(ds), n)
+    return [(lambda i=i: ds.load_image(i)) for i in idx], [str(ds.items[i].image) for i in idx]
+
+
+def _data_cfg(meta: dict) -> dict:
+    return dict((meta.get("config") or {}).get("data") or {})
+
+
+def folder_images(folder: str | Path, n: int) -> tuple[list[Loader], list[str]]:
+    from igldt.runtime.preprocess import read_image
+    from igldt.runtime.sources import list_images
+
+    paths = list_images(folder)
+    idx = _spread(len(paths), n)
+    return [(lambda p=paths[i]: read_image(p)) for i in idx], [str(paths[i]) for i in idx]
+
+
+def check_images(meta: dict, calib: str | Path | None, n: int, demo_root: str | Path | None = None):
+    """(loaders, names, description) of up to n real images to compare ONNX Runtime with PyTorch."""
+    from igldt.data import build_dataset
+
+    d = _data_cfg(meta)
+    if d.get("dataset") and d.get("root"):
+        try:
+            ds = build_dataset(d["dataset"], d["root"], d.get("val_split", "val"))
+            if len(ds):
+                loaders, names = _from_dataset(ds, n)
+                return loaders, names, f"{d['dataset']} {d.get('val_split', 'val')} split at {d['root']}"
+        except Exception:
+            pass  # dataset not reachable from here: fall through to --calib / demo
+    if calib:
+        loaders, names = folder_images(calib, n)
+        return loaders, names, f"--calib {calib}"
+    root = Path(demo_root or Path.home() / ".cache" / "igldt" / "demo")
+    ds = build_dataset("demo", root, "val")
+    loaders, names = _from_dataset(ds, n)
+    return loaders, names, f"demo val images at {root}"
+
+
+def calibration_images(meta: dict, calib: str | Path | None, n: int):
+    """(loaders, names, description) for INT8 calibration; raises ExportError when none exist."""
+    from .onnx import ExportError
+
+    if calib:
+        if not Path(calib).is_dir():
+            raise ExportError(f"--calib {calib}: not a folder; pass a folder of real images (jpg/png)")
+        loaders, names = folder_images(calib, n)
+        if not loaders:
+            raise ExportError(f"--calib {calib}: no images (jpg/png/bmp) inside; add a few dozen real images")
+        return loaders, names, f"--calib {calib}"
+    d = _data_cfg(meta)
+    if not (d.get("dataset") and d.get("root")):
+        raise ExportError("INT8 needs calibration images: the checkpoint records no dataset; pass --calib DIR")
+    try:
+        from igldt.data.loaders import train_datasets
+        labelled, unlabelled = train_datasets({"data": d})
+    except Exception as e:
+        raise ExportError(f"INT8 needs calibration images: the training data recorded in the checkpoint "
+                          f"({d.get('dataset')} at {d.get('root')}) is not reachable ({str(e).splitlines()[0][:160]}); "
+                          f"pass --calib DIR") from None
+    pool, what = (unlabelled, "unlabelled") if unlabelled is not None and len(unlabelled) else (labelled, "labelled")
+    loaders, names = _from_dataset(pool, n)
+    return loaders, names, f"{len(loaders)} {what} {d.get('train_split', 'train')} images of {d['dataset']} at {d['root']}"

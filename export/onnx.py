@@ -1,0 +1,138 @@
+"""PyTorch -> ONNX for the student: export, simplify, check, fp16, and a check against PyTorch.
+
+Exporter: `torch.onnx.export(..., dynamo=True)`, pinned explicitly. It is the default and the
+maintained path of the installed torch (2.9+; the TorchScript exporter is deprecated), and
+`torch.export` dynamic shapes let us state the real constraint on the input: H and W are
+`stride * k`. With that constraint the model's internal pad-to-stride folds away, leaving a clean
+graph that TensorRT and ONNX Runtime optimise well.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+OPSET = 18  # >= 17 (LayerNormalization); 18 is the dynamo exporter's native opset
+INPUT_NAME = "images"
+MAX_SIDE = 8192  # upper bound of the dynamic H/W range recorded for the ONNX graph
+
+
+class ExportError(RuntimeError):
+    """An export that cannot proceed; the message is one line naming the argument and the fix."""
+
+
+def check_imgsz(imgsz: tuple[int, int], stride: int) -> tuple[int, int]:
+    h, w = (int(v) for v in imgsz)
+    if h <= 0 or w <= 0 or h % stride or w % stride:
+        up = (-(-h // stride) * stride, -(-w // stride) * stride)
+        raise ExportError(f"--imgsz {h} {w}: height and width must be positive multiples of {stride} "
+                          f"(the model's stride); use --imgsz {up[0]} {up[1]}")
+    return h, w
+
+
+def _rename_dims(model, names: dict[int, str], layout: str) -> None:
+    """Give the dynamic axes readable names (batch/height/width) instead of the exporter's `32*s0`."""
+    axes = {"NCHW": (0, 2, 3), "NHWC": (0, 1, 2), "NHW": (0, 1, 2)}
+    for vi, lay in [(model.graph.input[0], layout)] + [(o, None) for o in model.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        lay = lay or ("NHW" if len(dims) == 3 else "NCHW")
+        for name, ax in zip(("batch", "height", "width"), axes[lay]):
+            if ax < len(dims) and dims[ax].HasField("dim_param"):
+                dims[ax].dim_param = name
+
+
+def export_onnx(wrapper, *, imgsz: tuple[int, int], stride: int, dynamic: bool, bake_preprocess: bool,
+                opset: int = OPSET, batch: int = 1):
+    """Export `wrapper` (a SegmentationExportWrapper in eval mode) and return the simplified, checked ModelProto."""
+    import onnx
+    import onnxslim
+    import torch
+    from torch.export import Dim
+
+    h, w = check_imgsz(imgsz, stride)
+    wrapper = wrapper.eval()
+    # a batch of 2 keeps torch.export from specialising the batch axis to 1
+    n = 2 if dynamic else batch
+    if bake_preprocess:
+        dummy = torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8)
+        hw_axes = (1, 2)
+    else:
+        dummy = torch.randn(n, 3, h, w)
+        hw_axes = (2, 3)
+    dynamic_shapes = None
+    if dynamic:
+        kh = Dim("kh", min=1, max=MAX_SIDE // stride)
+        kw = Dim("kw", min=1, max=MAX_SIDE // stride)
+        dynamic_shapes = ({0: Dim("batch", min=1, max=1024), hw_axes[0]: stride * kh, hw_axes[1]: stride * kw},)
+    out_name = getattr(wrapper, "output", "logits")
+    with torch.no_grad():
+        try:
+            program = torch.onnx.export(wrapper, (dummy,), None, dynamo=True, opset_version=opset,
+                                        input_names=[INPUT_NAME], output_names=[out_name],
+                                        dynamic_shapes=dynamic_shapes, external_data=False, optimize=True, verbose=False)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
+            raise ExportError(f"torch.onnx.export (dynamo) failed: {first}") from e
+    model = program.model_proto
+    # onnxslim: constant folding and dead-node removal, well kept and shape-aware
+    model = onnxslim.slim(model)
+    _rename_dims(model, {}, "NHWC" if bake_preprocess else "NCHW")
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def to_fp16(model):
+    """fp32 ModelProto -> fp16 weights/compute with float32 inputs and outputs (keep_io_types), via
+    the converter shipped with ONNX Runtime (onnxconverter-common is not installed here; this is the
+    same code, maintained by the ORT team). Ops in its default block list stay fp32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    import onnxslim
+
+    half = convert_float_to_float16(model, keep_io_types=True)
+    # the converter appends its IO casts at the end of the node list; onnxslim re-sorts topologically
+    # (and folds the casts of constant shapes) so the graph passes the checker
+    half = onnxslim.slim(half)
+    onnx.checker.check_model(half, full_check=True)
+    return half
+
+
+def save_model(model, path: str | Path) -> None:
+    import onnx
+    onnx.save_model(model, str(path), save_as_external_data=False)
+
+
+def torch_logits(model, images: list[np.ndarray], mean, std, stride: int) -> list[np.ndarray]:
+    """Reference logits from the PyTorch model with the runtime's own preprocessing (one image at a time)."""
+    import torch
+    from igldt.runtime.preprocess import normalize_batch, padded_size
+
+    out = []
+    with torch.no_grad():
+        for img in images:
+            h, w = img.shape[:2]
+            x = normalize_batch([img], mean, std, padded_size(h, w, stride))
+            y = model(torch.from_numpy(x))
+            y = y["logits"] if isinstance(y, dict) else y
+            out.append(y[0, :, :h, :w].float().numpy())
+    return out
+
+
+def compare_with_torch(model, artefact: str | Path, images: list[np.ndarray], names: list[str] | None = None,
+                       device: str = "cpu", threads: int | None = None) -> dict:
+    """ONNX Runtime (through the deployment Predictor) vs PyTorch on the same real images."""
+    from igldt.runtime import Predictor
+
+    pred = Predictor(artefact, device=device, threads=threads)
+    ref = torch_logits(model, images, pred.mean, pred.std, pred.stride)
+    ref_labels = [r.argmax(0).astype(np.uint8) for r in ref]
+    if pred.output_kind == "labels":
+        got_labels, max_diff = pred.predict(images, names), None
+    else:
+        got = pred.predict_logits(images, names)
+        got_labels = [g.argmax(0).astype(np.uint8) for g in got]
+        max_diff = float(max(np.abs(g - r).max() for g, r in zip(got, ref)))
+    same = sum(int((a == b).sum()) for a, b in zip(got_labels, ref_labels))
+    total = sum(a.size for a in ref_labels)
+    return {"images": len(images), "max_abs_logit_diff": max_diff, "pixel_agreement": same / max(total, 1)}

@@ -1,0 +1,106 @@
+"""Deployment metadata: a JSON sidecar beside every artefact (`student.onnx` -> `student.onnx.json`).
+
+The sidecar is named after the full artefact name so that `student.onnx`, `student_int8.onnx` and
+`student.plan` can share a folder. ONNX files also carry the same JSON in `metadata_props["igldt"]`,
+so a lone `.onnx` still knows its classes and normalisation. Torch-free.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import DeployError
+
+METADATA_KEY = "igldt"  # key in ONNX metadata_props
+FORMAT = "igldt-deploy/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def sidecar_path(artefact: str | os.PathLike) -> Path:
+    p = Path(artefact)
+    return p.with_name(p.name + ".json")
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON through a temp file in the same folder and `os.replace`: never half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a sidecar is as readable as its artefact
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_sidecar(artefact: str | os.PathLike) -> dict | None:
+    side = sidecar_path(artefact)
+    if not side.exists():
+        return None
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DeployError(f"metadata sidecar {side} is unreadable ({e.__class__.__name__}); "
+                          f"delete it or re-export the model") from None
+    if not isinstance(data, dict):
+        raise DeployError(f"metadata sidecar {side} is not a JSON object; delete it or re-export the model")
+    return data
+
+
+def parse_embedded(props: dict[str, str]) -> dict | None:
+    raw = props.get(METADATA_KEY)
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def with_defaults(meta: dict | None, source: str, num_classes: int | None = None) -> dict:
+    """Fill what an artefact without igldt metadata lacks, saying so once on stderr."""
+    meta = dict(meta or {})
+    if not meta.get("format"):
+        print(f"warning: {source} has no igldt metadata; assuming ImageNet mean/std, RGB NCHW float input "
+              f"and numbered classes", file=sys.stderr)
+    meta.setdefault("mean", list(IMAGENET_MEAN))
+    meta.setdefault("std", list(IMAGENET_STD))
+    meta.setdefault("stride", 32)
+    if num_classes is not None and not meta.get("classes"):
+        meta["classes"] = [f"class{i}" for i in range(num_classes)]
+    meta.setdefault("input", {})
+    meta["input"].setdefault("layout", "NCHW")
+    meta["input"].setdefault("dtype", "float32")
+    meta["input"].setdefault("color", "RGB")
+    meta.setdefault("output", {})
+    meta["output"].setdefault("kind", "logits")
+    return meta
+
+
+def default_palette(n: int) -> list[list[int]]:
+    """The PASCAL VOC bit-interleaved colour map: distinct, deterministic colours for n classes."""
+    pal = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal.append([r, g, b])
+    return pal

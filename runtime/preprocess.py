@@ -1,0 +1,72 @@
+"""Pre- and post-processing shared by every backend, identical to evaluation in training:
+RGB uint8 -> /255 -> (x - mean) / std -> NCHW float32, padded bottom/right to a stride multiple
+(zeros in normalised space, as the model pads internally) and cropped back after inference."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import DeployError
+
+
+def check_image(img, name: str = "image") -> np.ndarray:
+    """Accept only HxWx3 uint8 RGB; say exactly what is wrong otherwise."""
+    if not isinstance(img, np.ndarray):
+        raise DeployError(f"{name}: expected a numpy HxWx3 uint8 RGB array, got {type(img).__name__}")
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        raise DeployError(f"{name}: grayscale image (1 channel); the model needs 3-channel RGB, "
+                          f"convert it first (cv2.cvtColor(img, cv2.COLOR_GRAY2RGB))")
+    if img.ndim != 3 or img.shape[2] != 3:
+        what = f"{img.shape[2]} channels" if img.ndim == 3 else f"shape {img.shape}"
+        hint = " (RGBA? drop alpha with img[..., :3])" if img.ndim == 3 and img.shape[2] == 4 else ""
+        raise DeployError(f"{name}: image has {what}{hint}; the model needs HxWx3 RGB")
+    if img.dtype != np.uint8:
+        raise DeployError(f"{name}: image dtype is {img.dtype}; the model needs uint8 (0-255)")
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise DeployError(f"{name}: empty image {img.shape}")
+    return img
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as RGB uint8; gray, alpha and 16-bit files are refused by name (no silent conversion)."""
+    path = Path(path)
+    if not path.exists():
+        raise DeployError(f"image {path} does not exist")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise DeployError(f"image {path} cannot be decoded (corrupt or not an image)")
+    check_image(img, str(path))  # channel/dtype check on the file as stored
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def padded_size(h: int, w: int, stride: int) -> tuple[int, int]:
+    return -(-h // stride) * stride, -(-w // stride) * stride
+
+
+def normalize_batch(images: list[np.ndarray], mean, std, size: tuple[int, int]) -> np.ndarray:
+    """Same-sized RGB uint8 images -> N x 3 x size float32, zero-padded bottom/right after normalising."""
+    hp, wp = size
+    out = np.zeros((len(images), 3, hp, wp), np.float32)
+    m = np.asarray(mean, np.float32).reshape(1, 1, 3)
+    s = np.asarray(std, np.float32).reshape(1, 1, 3)
+    for i, img in enumerate(images):
+        h, w = img.shape[:2]
+        x = (img.astype(np.float32) * np.float32(1 / 255) - m) / s
+        out[i, :, :h, :w] = x.transpose(2, 0, 1)
+    return out
+
+
+def bgr_batch(images: list[np.ndarray], mean, size: tuple[int, int]) -> np.ndarray:
+    """For graphs with preprocessing baked in: N x H x W x 3 uint8 BGR, as a camera delivers.
+    Padding is the mean colour, which normalises to ~0 like the zero padding of the plain path."""
+    hp, wp = size
+    fill = np.clip(np.round(np.asarray(mean, np.float64)[::-1] * 255), 0, 255).astype(np.uint8)
+    out = np.empty((len(images), hp, wp, 3), np.uint8)
+    out[:] = fill
+    for i, img in enumerate(images):
+        h, w = img.shape[:2]
+        out[i, :h, :w] = img[..., ::-1]
+    return out
