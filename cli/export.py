@@ -1,0 +1,61 @@
+"""`igldt export`: a trained student -> ONNX (fp32/fp16/int8) or a TensorRT engine, with metadata."""
+from __future__ import annotations
+
+import click
+
+from .common import hint
+
+
+@click.command()
+@click.option("--weights", required=True, type=click.Path(dir_okay=False), help="Student checkpoint (.pt).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp16: fp16 ONNX (IO stays float32); int8: Q/DQ ONNX calibrated on real images.")
+@click.option("--calib", type=click.Path(), default=None,
+              help="Folder of real images for INT8 calibration (default: the checkpoint's unlabelled training pool).")
+@click.option("--calib-count", type=int, default=64, show_default=True, help="Calibration images to use.")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True)
+@click.option("--imgsz", nargs=2, type=int, default=None, metavar="H W",
+              help="Export / optimisation size, multiples of 32 (default: the training crop).")
+@click.option("--dynamic/--static", default=True, show_default=True,
+              help="Dynamic batch, height and width (TensorRT: a profile from imgsz/2 to 2*imgsz).")
+@click.option("--batch", "max_batch", type=int, default=8, show_default=True, help="TensorRT: largest batch of the profile.")
+@click.option("--output", type=click.Choice(["logits", "labels"]), default="logits", show_default=True,
+              help="labels: argmax (uint8) inside the graph.")
+@click.option("--bake-preprocess", is_flag=True, help="Graph takes uint8 BGR NHWC frames and normalises itself.")
+@click.option("--workspace", type=float, default=4.0, show_default=True, help="TensorRT workspace limit (GiB).")
+@click.option("--out", type=click.Path(), default=None, help="Output file (default: beside the weights).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--check-images", "check_count", type=int, default=8, show_default=True,
+              help="Real images for the ONNX Runtime vs PyTorch check (0 to skip).")
+def export(weights, fmt, precision, calib, calib_count, calib_method, imgsz, dynamic, max_batch, output,
+           bake_preprocess, workspace, out, force, check_count):
+    """Export a trained student to ONNX or a TensorRT engine (plus a `<file>.json` metadata sidecar)."""
+    from igldt.export.onnx import ExportError
+    from igldt.export.pipeline import run_export
+    from igldt.runtime.errors import DeployError
+
+    try:
+        r = run_export(weights, fmt, precision, calib=calib, imgsz=tuple(imgsz) if imgsz else None, dynamic=dynamic,
+                       output=output, bake_preprocess=bake_preprocess, force=force, out=out, calib_count=calib_count,
+                       calib_method=calib_method, check_count=check_count, max_batch=max_batch,
+                       workspace_gib=workspace, echo=click.echo)
+    except (ExportError, DeployError) as e:
+        raise click.ClickException(str(e)) from None
+    except Exception as e:  # checkpoint / data errors from other parts already carry one clear line
+        name = e.__class__.__name__
+        if name in ("CheckpointError", "DataError"):
+            raise click.ClickException(str(e)) from None
+        raise
+    size = r.path.stat().st_size / 2**20
+    click.secho(f"Saved {r.path} ({size:.1f} MiB) and {r.sidecar.name}", fg="green")
+    if r.check:
+        c = r.check
+        diff = f"max |logit diff| {c['max_abs_logit_diff']:.3g}, " if c.get("max_abs_logit_diff") is not None else ""
+        click.echo(f"Check vs PyTorch on {c['images']} real images ({c['source']}): "
+                   f"{diff}pixel agreement {100 * c['pixel_agreement']:.2f}%")
+    for note in r.notes:
+        click.echo(f"Note: {note}")
+    hint(f"igldt infer IMAGE_OR_VIDEO --model {r.path}",
+         f"igldt evaluate --engine {r.path} --reference {weights}",
+         f"igldt benchmark {weights} {r.path}")

@@ -1,0 +1,91 @@
+"""`igldt infer`: segment images, folders, globs, videos, cameras or streams with an exported model.
+
+Imports no torch unless the model is a .pt checkpoint, so it runs on an edge box with only
+numpy, OpenCV and an inference engine.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import hint
+
+
+def increment_path(path: Path, exist_ok: bool = False) -> Path:
+    """runs/infer/exp -> exp2, exp3, ... when the folder already holds results (never overwrite silently)."""
+    if exist_ok or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return path
+    n = 2
+    while (candidate := path.with_name(f"{path.name}{n}")).exists():
+        n += 1
+    return candidate
+
+
+@click.command()
+@click.argument("source")
+@click.option("--model", required=True, type=click.Path(), help="student.onnx | student.plan | student.pt")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/infer/exp", show_default=True,
+              help="Run folder; a new numbered one (exp2, ...) if it already holds results.")
+@click.option("--exist-ok", is_flag=True, help="Write into --out even if it holds results.")
+@click.option("--save-masks", is_flag=True, help="Label PNGs (palette-indexed: pixel = class id).")
+@click.option("--raw-ids", is_flag=True, help="With --save-masks: plain grayscale ids instead of a palette PNG.")
+@click.option("--save-overlay", is_flag=True, help="Colour overlays (JPEG).")
+@click.option("--save-video", is_flag=True, help="Annotated MP4 at the source frame rate (video / camera / stream).")
+@click.option("--show", is_flag=True, help="Show results in a window (needs a display).")
+@click.option("--vid-stride", type=int, default=1, show_default=True, help="Use every N-th video frame.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--batch", type=int, default=1, show_default=True, help="Frames per inference call.")
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Overlay opacity.")
+def infer(source, model, out, exist_ok, save_masks, raw_ids, save_overlay, save_video, show, vid_stride, device,
+          batch, alpha):
+    """Segment SOURCE: an image, a folder, a glob, a video, a camera index (0) or an rtsp/http URL."""
+    from tqdm import tqdm
+
+    from igldt.runtime import DeployError, Predictor
+    from igldt.runtime.pipeline import run_pipeline
+    from igldt.runtime.sinks import ResultWriter
+    from igldt.runtime.sources import open_source
+
+    if vid_stride < 1 or batch < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--vid-stride/--batch")
+    try:
+        predictor = Predictor(model, device=device, batch=batch)
+        src = open_source(source, vid_stride)
+        is_video = src.kind in ("video", "camera", "stream")
+        if save_video and not is_video:
+            raise DeployError(f"--save-video needs a video, camera or stream source; {source} is images "
+                              f"(use --save-overlay)")
+        if not (save_masks or save_overlay or save_video or show):
+            # nothing chosen: keep the obvious result of the source
+            save_masks, save_video = not is_video, is_video
+        run_dir = increment_path(Path(out), exist_ok)
+        fps = (src.fps / vid_stride) if (src.fps and src.kind == "video") else src.fps
+        writer = ResultWriter(run_dir, predictor.palette, masks=save_masks, raw_ids=raw_ids, overlays=save_overlay,
+                              video=save_video, fps=fps, show=show, alpha=alpha)
+        click.echo(predictor.describe())
+        bar = tqdm(total=src.count, unit="frame", desc=f"{src.kind} {source}", dynamic_ncols=True)
+
+        def on_batch(n, t):
+            bar.update(n)
+            per = 1.0 / n
+            bar.set_postfix_str(f"pre {t['pre'] * per:.1f}ms infer {t['infer'] * per:.1f}ms post {t['post'] * per:.1f}ms")
+
+        video_name = Path(str(source)).stem if src.kind == "video" else src.kind
+        try:
+            stats = run_pipeline(src, predictor, writer, batch=predictor.batch, on_batch=on_batch, video_name=video_name)
+        finally:
+            bar.close()
+            writer.close()
+    except DeployError as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted; results so far are kept")
+        return
+    click.echo(f"{stats.frames} frames in {stats.wall_s:.2f}s: {stats.fps:.1f} FPS end to end, "
+               f"{stats.infer_fps:.1f} FPS inference only "
+               f"(per frame: pre {stats.pre_ms / max(stats.frames, 1):.1f}ms, infer {stats.infer_ms / max(stats.frames, 1):.1f}ms, "
+               f"post {stats.post_ms / max(stats.frames, 1):.1f}ms)")
+    if writer.written and (save_masks or save_overlay or save_video):
+        click.secho(f"Results saved to {run_dir}", fg="green")
+        hint(f"igldt evaluate --engine {model} --data ROOT --dataset NAME")

@@ -1,0 +1,252 @@
+"""Deployment runtime on a tiny hand-built ONNX graph: no torch, no export, fast."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from igldt.runtime import DeployError, Predictor  # noqa: E402
+from igldt.runtime.metadata import sidecar_path  # noqa: E402
+from igldt.runtime.pipeline import run_pipeline  # noqa: E402
+from igldt.runtime.sinks import ResultWriter, write_palette_png  # noqa: E402
+from igldt.runtime.sources import LiveSource, open_source  # noqa: E402
+
+MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+CLASSES = ["red", "green", "blue"]
+PALETTE = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_onnx(path: Path, stride: int = 8, embed: bool = True, sidecar: bool = False) -> Path:
+    """logits = 2x2 average pool then nearest upsample of the normalised input: class = strongest channel,
+    and the stride-2 pooling makes results depend on correct padding/cropping."""
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+    nodes = [helper.make_node("AveragePool", ["images"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Resize", ["p", "", "scales"], ["logits"], mode="nearest")]
+    graph = helper.make_graph(nodes, "tiny", [x], [y], initializer=[scales])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    meta = {"format": "igldt-deploy/1", "classes": CLASSES, "palette": PALETTE, "mean": MEAN, "std": STD,
+            "stride": stride, "precision": "fp32", "input": {"name": "images", "layout": "NCHW", "dtype": "float32"},
+            "output": {"kind": "logits"}}
+    if embed:
+        e = model.metadata_props.add()
+        e.key, e.value = "igldt", json.dumps(meta)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    if sidecar:
+        sidecar_path(path).write_text(json.dumps(meta))
+    return path
+
+
+def expected_logits(img: np.ndarray, stride: int = 8) -> np.ndarray:
+    """The same computation in numpy: pad (zeros after normalising), 2x2 mean, upsample, argmax, crop."""
+    h, w = img.shape[:2]
+    hp, wp = -(-h // stride) * stride, -(-w // stride) * stride
+    x = np.zeros((hp, wp, 3), np.float32)
+    x[:h, :w] = (img / np.float32(255) - np.float32(MEAN)) / np.float32(STD)
+    p = x.reshape(hp // 2, 2, wp // 2, 2, 3).mean((1, 3))
+    up = p.repeat(2, 0).repeat(2, 1)
+    return up[:h, :w].transpose(2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tiny_onnx(tmp_path_factory.mktemp("m") / "tiny.onnx")
+
+
+def rand_img(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_predict_pads_crops_and_batches(model):
+    p = Predictor(model, device="cpu", batch=4, threads=1)
+    imgs = [rand_img(50, 70, 1), rand_img(64, 64, 2), rand_img(50, 70, 3), rand_img(13, 9, 4)]
+    out, logits = p.predict(imgs), p.predict_logits(imgs)
+    for img, lab, lg in zip(imgs, out, logits):
+        ref = expected_logits(img)
+        assert lab.shape == img.shape[:2] and lab.dtype == np.uint8
+        assert lg.shape == ref.shape and lg.dtype == np.float32
+        np.testing.assert_allclose(lg, ref, atol=1e-5)
+        clear = np.sort(ref, 0)[-1] - np.sort(ref, 0)[-2] > 1e-4  # ignore exact float ties
+        np.testing.assert_array_equal(lab[clear], ref.argmax(0)[clear])
+    assert p.classes == CLASSES and p.palette.tolist() == PALETTE
+    assert set(p.timing) == {"pre", "infer", "post"}
+
+
+def test_sidecar_wins_over_embedded(tmp_path):
+    path = tiny_onnx(tmp_path / "m.onnx", embed=True, sidecar=True)
+    side = json.loads(sidecar_path(path).read_text())
+    side["classes"] = ["a", "b", "c"]
+    sidecar_path(path).write_text(json.dumps(side))
+    assert Predictor(path, device="cpu").classes == ["a", "b", "c"]
+
+
+def test_model_file_errors(tmp_path):
+    with pytest.raises(DeployError, match="not found"):
+        Predictor(tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"definitely not protobuf" * 10)
+    with pytest.raises(DeployError, match=r"bad\.onnx cannot be loaded"):
+        Predictor(bad, device="cpu")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(DeployError, match="empty"):
+        Predictor(tmp_path / "empty.onnx")
+    (tmp_path / "m.tflite").write_bytes(b"x")
+    with pytest.raises(DeployError, match="unknown type"):
+        Predictor(tmp_path / "m.tflite")
+    for e in (DeployError("x"),):
+        assert "\n" not in str(e)
+
+
+def test_wrong_channel_count_named(model, tmp_path):
+    p = Predictor(model, device="cpu")
+    with pytest.raises(DeployError, match="4 channels"):
+        p.predict([np.zeros((8, 8, 4), np.uint8)], ["frame.png"])
+    with pytest.raises(DeployError, match="grayscale"):
+        p.predict([np.zeros((8, 8), np.uint8)])
+    rgba = tmp_path / "rgba.png"
+    cv2.imwrite(str(rgba), np.zeros((8, 8, 4), np.uint8))
+    with pytest.raises(DeployError, match=r"rgba\.png.*4 channels"):
+        next(iter(open_source(rgba)))
+
+
+def _write_video(path: Path, n: int = 12, size=(48, 64), fps: float = 10.0) -> Path:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size[1], size[0]))
+    assert w.isOpened()
+    for i in range(n):
+        f = np.zeros((*size, 3), np.uint8)
+        f[:, : 4 + 4 * i] = (0, 0, 255)  # a red bar growing to the right (BGR)
+        w.write(f)
+    w.release()
+    return path
+
+
+def test_sources_image_folder_glob_video(tmp_path):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"im{i}.png"), rand_img(20, 30, i))
+    assert open_source(tmp_path / "im0.png").count == 1
+    assert [f.name for f in open_source(tmp_path)] == ["im0", "im1", "im2"]
+    assert open_source(str(tmp_path / "im[12].png")).count == 2
+    video = _write_video(tmp_path / "v.mp4")
+    frames = list(open_source(video))
+    assert len(frames) == 12 and frames[0].image.shape == (48, 64, 3)
+    assert [f.index for f in open_source(video, vid_stride=3)] == [0, 3, 6, 9]
+    with pytest.raises(DeployError, match="does not exist"):
+        open_source(tmp_path / "nope.jpg")
+
+
+def test_unreadable_video_and_missing_camera_fail_fast(tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(os.urandom(2048))
+    with pytest.raises(DeployError, match=r"junk\.mp4 cannot be read"):
+        open_source(junk)
+    t0 = time.perf_counter()
+    with pytest.raises(DeployError, match="camera 99 cannot be opened"):
+        open_source(99)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_live_reader_keeps_newest_and_stops(tmp_path):
+    video = _write_video(tmp_path / "live.mp4", n=30)
+    src = LiveSource(str(video), backoff=0.01)  # a file read as a stream: loops by reconnecting
+    got = []
+    for frame in src:
+        got.append(frame)
+        time.sleep(0.02)  # a slow consumer: the reader drops stale frames instead of queueing them
+        if len(got) == 5:
+            break
+    src.close()
+    assert len(got) == 5 and not src._thread.is_alive()
+
+
+def test_palette_png_roundtrip(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    labels = np.random.default_rng(0).integers(0, 3, (17, 23), dtype=np.uint8)
+    write_palette_png(tmp_path / "m.png", labels, np.asarray(PALETTE, np.uint8))
+    im = Image.open(tmp_path / "m.png")
+    assert im.mode == "P"
+    np.testing.assert_array_equal(np.asarray(im), labels)
+    assert im.getpalette()[:9] == [255, 0, 0, 0, 255, 0, 0, 0, 255]
+
+
+def test_video_pipeline_writes_annotated_video(model, tmp_path):
+    video = _write_video(tmp_path / "v.mp4", n=12)
+    p = Predictor(model, device="cpu", batch=2, threads=1)
+    src = open_source(video)
+    sink = ResultWriter(tmp_path / "out", p.palette, masks=True, video=True, fps=src.fps)
+    stats = run_pipeline(src, p, sink, batch=2, video_name="v")
+    sink.close()
+    assert stats.frames == 12 and stats.fps > 0
+    cap = cv2.VideoCapture(str(tmp_path / "out" / "v.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12 and abs(cap.get(cv2.CAP_PROP_FPS) - 10) < 0.5
+    assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 12
+
+
+BLOCK_TORCH = textwrap.dedent("""
+    import sys
+    class _Block:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in this test")
+    sys.meta_path.insert(0, _Block())
+""")
+
+
+def test_runtime_and_infer_cli_without_torch(model, tmp_path):
+    """igldt.runtime and `igldt infer` with torch made unimportable: the edge-box situation."""
+    img = tmp_path / "img.png"
+    cv2.imwrite(str(img), rand_img(40, 56))
+    code = BLOCK_TORCH + textwrap.dedent(f"""
+        import numpy as np, igldt.runtime
+        from igldt.runtime import Predictor
+        out = Predictor({str(model)!r}, device="cpu").predict([np.zeros((40, 56, 3), np.uint8)])
+        assert out[0].shape == (40, 56)
+        from igldt.cli.main import cli
+        try:
+            cli.main(["infer", {str(img)!r}, "--model", {str(model)!r}, "--device", "cpu",
+                      "--out", {str(tmp_path / "run")!r}, "--save-masks"], standalone_mode=False)
+        finally:
+            assert "torch" not in sys.modules, "torch was imported"
+        print("TORCH-FREE OK")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "TORCH-FREE OK" in r.stdout, r.stderr[-2000:]
+    assert (tmp_path / "run" / "masks" / "img.png").exists()
+
+
+def test_infer_cli_numbered_runs_and_errors(model, tmp_path):
+    from click.testing import CliRunner
+
+    from igldt.cli.main import cli
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"f{i}.jpg"), rand_img(32, 48, i))
+    video = _write_video(tmp_path / "clip.mp4")
+    run = CliRunner()
+    base = ["--model", str(model), "--device", "cpu", "--out", str(tmp_path / "runs" / "exp")]
+    r1 = run.invoke(cli, ["infer", str(tmp_path / "f*.jpg"), *base, "--save-overlay"])
+    assert r1.exit_code == 0, r1.output
+    r2 = run.invoke(cli, ["infer", str(video), *base, "--save-video", "--vid-stride", "2"])
+    assert r2.exit_code == 0, r2.output
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["exp", "exp2"]  # nothing overwritten
+    assert len(list((tmp_path / "runs" / "exp" / "overlays").glob("*.jpg"))) == 2
+    cap = cv2.VideoCapture(str(tmp_path / "runs" / "exp2" / "clip.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6 and abs(cap.get(cv2.CAP_PROP_FPS) - 5) < 0.5
+    bad = run.invoke(cli, ["infer", str(tmp_path / "f0.jpg"), "--model", str(tmp_path / "none.onnx")])
+    assert bad.exit_code != 0 and "none.onnx not found" in bad.output and len(bad.output.strip().splitlines()) == 1
+    cam = run.invoke(cli, ["infer", "99", *base])
+    assert cam.exit_code != 0 and "camera 99" in cam.output
