@@ -21,12 +21,12 @@ N_CLASSES, H, W = 3, 16, 16
 class Tiny(nn.Module):
     """{"logits", "features"} like DeepLabV3+: a stride-4 'backbone', dropout (so the RNG matters), a head."""
 
-    def __init__(self, seed: int, width: int = 8, norm: str = "bn"):
+    def __init__(self, seed: int, width: int = 8, norm: str = "bn", dropout: float = 0.2):
         super().__init__()
         torch.manual_seed(seed)
         normal = nn.BatchNorm2d(width) if norm == "bn" else nn.GroupNorm(2, width)
         self.backbone = nn.Sequential(nn.Conv2d(3, width, 3, stride=4, padding=1), normal, nn.ReLU())
-        self.drop = nn.Dropout2d(0.2)
+        self.drop = nn.Dropout2d(dropout)
         self.head = nn.Conv2d(width, N_CLASSES, 1)
         self.calls = 0
         self.on_forward = None  # test hook: called with the call count on training forwards

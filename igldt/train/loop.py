@@ -224,8 +224,7 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
             save_best(best)
 
     # -- steps -------------------------------------------------------------------------------------
-    window: dict[str, float] = {}
-    window_n = 0
+    window: dict[str, list[float]] = {}  # term -> [sum, updates]: glo/loc appear on alternate iterations
     stage.train()
     with _StopRequest(say) as stop:
         try:
@@ -261,8 +260,9 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
                     amp.scaler.update()
                     consecutive = 0
                     for k, v in terms_step.items():
-                        window[k] = window.get(k, 0.0) + v
-                    window_n += 1
+                        acc = window.setdefault(k, [0.0, 0])
+                        acc[0] += v
+                        acc[1] += 1
                 else:
                     optimizer.zero_grad(set_to_none=True)
                     skipped += 1
@@ -282,9 +282,9 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
                         f"iteration {it}: lower train.lr, try train.amp=off, or check the data; weights before "
                         f"the first bad step are in {out_dir / 'last.pt'}")
                 if it % log_every == 0 or it == total:
-                    means = D.all_reduce_mean({k: v / max(window_n, 1) for k, v in window.items()}, ctx)
+                    means = D.all_reduce_mean({k: a / n for k, (a, n) in window.items()}, ctx)
                     log.train(it, stream.epoch, lr, means, skipped)
-                    window, window_n = {}, 0
+                    window = {}
                 if val is not None and (it % val_every == 0 or it == total):
                     validate()
                     save_last()

@@ -132,7 +132,7 @@ class Stage:
     def export_payload(self, meta: dict) -> dict:
         """best.pt for this stage (export-ready); `meta` has classes, palette, mean, std, config."""
         from igldt.checkpoint import student_payload
-        return student_payload(self.modules()["student"], kind=self.kind, **meta)
+        return student_payload(self.modules()["student"], None, kind=self.kind, **meta)
 
 
 class SupervisedStage(Stage):
