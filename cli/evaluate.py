@@ -83,9 +83,58 @@ def score(predict: Callable[[np.ndarray], np.ndarray], ds: Any, classes: Sequenc
                                   center_crop=center_crop, limit=limit, progress=lambda i, n: bar.update(1))
 
 
+def evaluate_engine(engine: Path, reference: Path | None, data, dataset, split, mode, device: str,
+                    limit: int | None, tolerance: float | None, out: Path | None, force: bool) -> None:
+    """--engine [--reference]: score an exported artefact (and its reference) with the deployment runtime.
+    Torch-free unless one of them is a .pt; the comparison itself lives in igldt.export.parity."""
+    from tqdm import tqdm
+
+    from igldt.data import DataError, build_dataset
+    from igldt.export.parity import compare, format_report
+    from igldt.runtime import DeployError, Predictor
+
+    if mode not in (None, "whole"):
+        raise click.UsageError("--engine is scored on whole images (as deployed); drop --mode/--crop")
+    try:
+        eng = Predictor(engine, device=device)
+        ref = Predictor(reference, device=device) if reference else None
+    except DeployError as e:
+        raise click.UsageError(str(e)) from None
+    d = eng.meta.get("dataset") or (ref.meta.get("dataset") if ref else None) or {}
+    cfg = {"data": {"root": d.get("root"), "dataset": d.get("name"), "val_split": d.get("val_split")}}
+    root, name, split = resolve_data(cfg, data, dataset, split)
+    out = out or engine.with_name(f"{engine.name}.{'parity' if ref else 'eval'}-{name}-{Path(split).stem}.json")
+    check_writable(out, force)
+    try:
+        ds = build_dataset(name, root, split)
+    except (DataError, OSError) as e:
+        raise click.UsageError(f"--data {root} --dataset {name} --split {split}: {e}") from None
+    total = len(ds) if limit is None else min(limit, len(ds))
+    try:
+        with tqdm(total=total, desc="evaluate", unit="img", file=sys.stderr, leave=False,
+                  disable=not sys.stderr.isatty()) as bar:
+            r = compare(eng, ref, ds, limit=limit, tolerance=tolerance, progress=lambda i, n: bar.update(1))
+    except (DeployError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    r.update(dataset=name, data=root, split=split, mode="whole")
+    click.secho(f"{eng.describe()}\non {name}/{split}, {r['images']} images"
+                + (f"; reference {ref.describe()}" if ref else ""), bold=True)
+    click.echo(format_report(r))
+    write_json_atomic(out, r)
+    click.echo(f"report: {out}")
+    if ref is not None and not r["passed"]:
+        raise click.exceptions.Exit(1)
+
+
 @click.command("evaluate")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Student / supervised checkpoint (.pt) written by `igldt train`.")
+@click.option("--engine", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Exported artefact to score instead: student.onnx | student.plan | student.pt.")
+@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --engine: the artefact to compare with (usually the .pt it was exported from).")
+@click.option("--tolerance", type=float, default=None,
+              help="With --reference: allowed mIoU drop in points (default fp32 0.05, fp16 0.1, int8 1.0).")
 @click.option("--data", default=None, metavar="ROOT", help="Dataset root. Default: the checkpoint's data.root.")
 @click.option("--dataset", default=None, metavar="NAME",
               help="voc | cityscapes | camvid | folder | demo. Default: the checkpoint's data.dataset.")
@@ -102,7 +151,8 @@ def score(predict: Callable[[np.ndarray], np.ndarray], ds: Any, classes: Sequenc
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON report. Default: beside the weights, <stem>.eval-<dataset>-<split>-<mode>.json.")
 @click.option("--force", is_flag=True, help="Overwrite an existing report.")
-def evaluate(weights: Path, data: str | None, dataset: str | None, split: str | None, mode: str | None,
+def evaluate(weights: Path | None, engine: Path | None, reference: Path | None, tolerance: float | None,
+             data: str | None, dataset: str | None, split: str | None, mode: str | None,
              crop: tuple[int, int] | None, stride: tuple[int, int] | None, device: str, amp: str,
              limit: int | None, out: Path | None, force: bool) -> None:
     """Score a checkpoint on a labelled split: per-class IoU table, mIoU, JSON report.
@@ -111,7 +161,16 @@ def evaluate(weights: Path, data: str | None, dataset: str | None, split: str | 
     igldt evaluate --weights runs/student/best.pt
     igldt evaluate --weights best.pt --data ../shared/data/camvid --dataset camvid --split test
     igldt evaluate --weights best.pt --mode slide --crop 512 512 --stride 341 341
+    igldt evaluate --engine best_int8.onnx --reference best.pt     (parity; exit 1 past --tolerance)
     """
+    if engine is not None:
+        if weights is not None:
+            raise click.UsageError("give either --weights or --engine (use --reference for the checkpoint)")
+        return evaluate_engine(engine, reference, data, dataset, split, mode, device, limit, tolerance, out, force)
+    if reference is not None or tolerance is not None:
+        raise click.UsageError("--reference/--tolerance go with --engine ARTEFACT")
+    if weights is None:
+        raise click.UsageError("pass --weights CHECKPOINT.pt or --engine ARTEFACT")
     from igldt.checkpoint import CheckpointError, load_model
     from igldt.data import DataError, build_dataset
     from igldt.evaluate import make_predictor, resolve_device

@@ -1,0 +1,185 @@
+"""Export of a tiny trained student: ONNX fp32 / INT8 / labels+baked, parity, CLI safety, TensorRT."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from click.testing import CliRunner  # noqa: E402
+
+from igldt.cli.main import cli  # noqa: E402
+from igldt.export.onnx import ExportError  # noqa: E402
+from igldt.export.parity import compare  # noqa: E402
+from igldt.export.pipeline import run_export  # noqa: E402
+from igldt.runtime import Predictor  # noqa: E402
+from igldt.runtime.metadata import read_sidecar, sidecar_path  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A resnet18 DeepLabV3+ student trained for a few SGD steps on the demo data (mIoU well above chance)."""
+    from igldt.checkpoint import save_checkpoint, student_payload
+    from igldt.data import build_dataset, make_demo_dataset
+    from igldt.models import build_segmenter
+
+    root = tmp_path_factory.mktemp("exp")
+    demo = make_demo_dataset(root / "demo")
+    train, val = build_dataset("demo", demo, "train"), build_dataset("demo", demo, "val")
+    torch.manual_seed(0)
+    model = build_segmenter("resnet18", len(train.classes), 16)
+    mean, std = np.float32([0.485, 0.456, 0.406]), np.float32([0.229, 0.224, 0.225])
+    xs = np.stack([((train.load_image(i) / np.float32(255) - mean) / std).transpose(2, 0, 1) for i in range(len(train))])
+    ys = np.stack([train.load_mask(i) for i in range(len(train))]).astype(np.int64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        idx = rng.choice(len(xs), 8, replace=False)
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(xs[idx]))["logits"],
+                                                 torch.from_numpy(ys[idx]), ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    cfg = {"data": {"dataset": "demo", "root": str(demo), "train_split": "train", "val_split": "val",
+                    "crop": [96, 128], "fraction": 0.25, "count": None, "split_seed": 0,
+                    "labelled_list": None, "unlabelled_list": None}}
+    ckpt = save_checkpoint(root / "student.pt",
+                           student_payload(model, None, {"classes": train.classes, "palette": train.palette}, cfg))
+    return {"root": root, "ckpt": ckpt, "val": val, "demo": demo}
+
+
+@pytest.fixture(scope="module")
+def fp32(trained):
+    return run_export(trained["ckpt"], "onnx", "fp32", out=trained["root"] / "student.onnx", check_count=4)
+
+
+@pytest.fixture(scope="module")
+def reference(trained):
+    return Predictor(trained["ckpt"], device="cpu")
+
+
+def test_fp32_onnx_matches_pytorch(trained, fp32, reference):
+    model = onnx.load(str(fp32.path))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    props = {p.key: p.value for p in model.metadata_props}
+    side = read_sidecar(fp32.path)
+    assert sidecar_path(fp32.path).name == "student.onnx.json" and "igldt" in props
+    assert side["classes"] == trained["val"].classes and side["stride"] == 16
+    assert len(side["source"]["sha256"]) == 64 and side["versions"]["torch"] and side["input"]["layout"] == "NCHW"
+    # the export's own check ran on real (demo val) images
+    assert fp32.check["pixel_agreement"] > 0.999 and fp32.check["max_abs_logit_diff"] < 1e-3
+    r = compare(Predictor(fp32.path, device="cpu"), reference, trained["val"])
+    print(f"\nfp32 parity: ref mIoU {100 * r['reference']['miou']:.2f}, onnx {100 * r['engine']['miou']:.2f}, "
+          f"agreement {r['pixel_agreement']:.5f}, max diff {r['max_abs_logit_diff']:.2e}")
+    assert r["reference"]["miou"] > 0.3, "the tiny student did not learn; the parity check would be vacuous"
+    assert abs(r["delta_miou_points"]) <= 0.05 and r["passed"]
+    assert r["pixel_agreement"] > 0.999 and r["max_abs_logit_diff"] < 1e-3
+    # batches of several images and a size that needs padding give the same labels as one at a time
+    p = Predictor(fp32.path, device="cpu", batch=3)
+    imgs = [trained["val"].load_image(i)[:90, :120] for i in range(3)]
+    batched, single = p.predict(imgs), [p.predict([im])[0] for im in imgs]
+    assert all((a == b).mean() > 0.999 for a, b in zip(batched, single))
+
+
+def test_int8_qdq_end_to_end_on_cpu(trained, reference):
+    r = run_export(trained["ckpt"], "onnx", "int8", out=trained["root"] / "student_int8.onnx",
+                   calib_count=16, check_count=0)
+    model = onnx.load(str(r.path))
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["QuantizeLinear"] > 10 and ops["DequantizeLinear"] > ops["QuantizeLinear"]
+    inits = {i.name: i for i in model.graph.initializer}
+    zero_points = [onnx.numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
+                   if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits]
+    assert zero_points and all((z == 0).all() and z.dtype == np.int8 for z in zero_points)  # symmetric: TensorRT-ready
+    assert r.meta["precision"] == "int8" and "unlabelled" in r.meta["calibration"]["source"]
+    assert r.path.stat().st_size < 0.4 * (trained["root"] / "student.pt").stat().st_size
+    res = compare(Predictor(r.path, device="cpu"), reference, trained["val"])
+    print(f"\nint8 parity: ref mIoU {100 * res['reference']['miou']:.2f}, int8 {100 * res['engine']['miou']:.2f}, "
+          f"delta {res['delta_miou_points']:+.2f} points, agreement {res['pixel_agreement']:.4f}")
+    assert res["pixel_agreement"] > 0.9 and res["delta_miou_points"] > -5.0
+
+
+def test_labels_output_and_baked_preprocess_match_plain(trained, fp32):
+    r = run_export(trained["ckpt"], "onnx", "fp32", out=trained["root"] / "edge.onnx", output="labels",
+                   bake_preprocess=True, check_count=0)
+    model = onnx.load(str(r.path))
+    inp, out = model.graph.input[0].type.tensor_type, model.graph.output[0].type.tensor_type
+    assert inp.elem_type == onnx.TensorProto.UINT8 and inp.shape.dim[3].dim_value == 3  # NHWC uint8
+    assert out.elem_type == onnx.TensorProto.UINT8 and len(out.shape.dim) == 3
+    edge, plain = Predictor(r.path, device="cpu"), Predictor(fp32.path, device="cpu")
+    assert edge.baked and edge.output_kind == "labels"
+    with pytest.raises(Exception, match="outputs labels"):
+        edge.predict_logits([trained["val"].load_image(0)])
+    imgs = [trained["val"].load_image(i) for i in range(6)]
+    agree = [(a == b).mean() for a, b in zip(edge.predict(imgs), plain.predict(imgs))]
+    assert min(agree) > 0.999
+
+
+def test_existing_output_needs_force_and_bad_imgsz(trained, fp32):
+    before = fp32.path.read_bytes()
+    run = CliRunner()
+    r = run.invoke(cli, ["export", "--weights", str(trained["ckpt"]), "--out", str(fp32.path)])
+    assert r.exit_code != 0 and "--force" in r.output and len(r.output.strip().splitlines()) == 1
+    assert fp32.path.read_bytes() == before
+    r = run.invoke(cli, ["export", "--weights", str(trained["ckpt"]), "--imgsz", "100", "128",
+                         "--out", str(trained["root"] / "odd.onnx")])
+    assert r.exit_code != 0 and "--imgsz 100 128" in r.output and "112 128" in r.output
+    assert not (trained["root"] / "odd.onnx").exists()
+
+
+def test_failed_export_leaves_nothing(trained, tmp_path):
+    empty = tmp_path / "calib"
+    empty.mkdir()
+    out = tmp_path / "s_int8.onnx"
+    with pytest.raises(ExportError, match="--calib"):
+        run_export(trained["ckpt"], "onnx", "int8", calib=empty, out=out, check_count=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib"]  # no artefact, sidecar or temp left
+
+
+def test_evaluate_parity_cli(trained, fp32, tmp_path):
+    run = CliRunner()
+    ok = run.invoke(cli, ["evaluate", "--engine", str(fp32.path), "--reference", str(trained["ckpt"]),
+                          "--out", str(tmp_path / "parity.json")])
+    assert ok.exit_code == 0, ok.output
+    assert "PASS" in ok.output and "pixel agreement" in ok.output and (tmp_path / "parity.json").exists()
+    # an untrained model scored against the trained one drops far past the fp32 tolerance -> exit 1
+    from igldt.checkpoint import save_checkpoint, student_payload
+    from igldt.models import build_segmenter
+    torch.manual_seed(1)
+    raw = build_segmenter("resnet18", len(trained["val"].classes), 16)
+    bad = save_checkpoint(tmp_path / "untrained.pt", student_payload(raw, None, {"classes": trained["val"].classes},
+                                                                     {"data": {"dataset": "demo", "root": str(trained["demo"])}}))
+    fail = run.invoke(cli, ["evaluate", "--engine", str(bad), "--reference", str(trained["ckpt"]),
+                            "--out", str(tmp_path / "fail.json")])
+    assert fail.exit_code == 1 and "FAIL" in fail.output
+
+
+def test_tensorrt_engine(trained, fp32):
+    from igldt.export.tensorrt import tensorrt_status
+    ok, reason = tensorrt_status()
+    if not ok:
+        pytest.skip(reason)
+    r = run_export(trained["ckpt"], "trt", "fp16", out=trained["root"] / "student.plan", check_count=4)
+    assert r.path.read_bytes()[:4] != b"{\"fo"  # nothing prepended: raw TensorRT bytes
+    assert r.meta["tensorrt"]["compute_capability"] and r.check["pixel_agreement"] > 0.99
+    res = compare(Predictor(r.path), Predictor(fp32.path, device="cpu"), trained["val"])
+    assert res["passed"]
+
+
+def test_trt_export_without_tensorrt_is_one_line(trained):
+    from igldt.export.tensorrt import tensorrt_status
+    if tensorrt_status()[0]:
+        pytest.skip("TensorRT is available here")
+    r = CliRunner().invoke(cli, ["export", "--weights", str(trained["ckpt"]), "--format", "trt",
+                                 "--out", str(trained["root"] / "x.plan")])
+    assert r.exit_code != 0 and "TensorRT" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (trained["root"] / "x.plan").exists()
