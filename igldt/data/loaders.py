@@ -177,8 +177,8 @@ def _loader(dataset: Dataset, batch_size: int, rank: int, world: int, seed: int,
 def train_datasets(cfg: Mapping[str, Any]) -> tuple[SegDataset, SegDataset | None]:
     """(labelled, unlabelled | None) views of `data.train_split`, from split files or a seeded split.
 
-    No `labelled_list` -> `make_split(fraction|count, split_seed)` over the split's ids, the same
-    on every machine; no `unlabelled_list` -> the rest of the split. Neither fraction nor count ->
+    No `labelled_list` -> `make_split(count or else fraction, split_seed)` over the split's ids,
+    the same on every machine; no `unlabelled_list` -> the rest of the split. Neither fraction nor count ->
     fully supervised (every item labelled, no unlabelled set).
     """
     d = _section(cfg, "data")
@@ -188,9 +188,10 @@ def train_datasets(cfg: Mapping[str, Any]) -> tuple[SegDataset, SegDataset | Non
         rest = None
     elif d.get("fraction") is None and d.get("count") is None:
         labelled_ids, rest = ds.ids, []
-    else:
-        labelled_ids, rest = make_split(ds.ids, fraction=d.get("fraction"), count=d.get("count"),
-                                        seed=int(d.get("split_seed", 0)))
+    else:  # data.count (null by default) is the explicit choice, so it wins over data.fraction
+        count = d.get("count")
+        labelled_ids, rest = make_split(ds.ids, fraction=None if count is not None else d.get("fraction"),
+                                        count=count, seed=int(d.get("split_seed", 0)))
     if d.get("unlabelled_list"):
         unlabelled_ids = read_split_file(Path(d["unlabelled_list"]))
     elif rest is not None:
