@@ -73,7 +73,7 @@ def check_data(root: Path, name: str | None, splits: tuple[str, ...], allow_unla
         fmt = name or detect_format(root)
     except DataError as e:
         raise click.ClickException(str(e)) from None
-    wanted = list(splits) or ["train", "val"]
+    wanted = list(splits) or (["all"] if fmt == "images" else ["train", "val"])
     failed = False
     for sp in wanted:
         try:
