@@ -129,6 +129,10 @@ def run_export(weights: str | Path, fmt: str = "onnx", precision: str = "fp32", 
     echo(f"Exporting {weights} ({ckpt.get('arch', {}).get('backbone')}, {len(meta['classes'])} classes) -> {out_path} "
          f"[{fmt} {precision}, output {output}{', baked preprocessing' if bake_preprocess else ''}, "
          f"{'dynamic' if dynamic else 'static'} {imgsz[0]}x{imgsz[1]}]")
+    calib_set = None
+    if precision == "int8":  # find calibration images before minutes of export work
+        from .images import calibration_images
+        calib_set = calibration_images(ckpt, calib, calib_count)
     proto = export_onnx(wrapper, imgsz=imgsz, stride=stride, dynamic=dynamic, bake_preprocess=bake_preprocess,
                         opset=meta["opset"], batch=1)
 
@@ -141,9 +145,8 @@ def run_export(weights: str | Path, fmt: str = "onnx", precision: str = "fp32", 
         if precision == "fp16":
             proto = to_fp16(proto)
         if precision == "int8":
-            from .images import calibration_images
             from .quantize import quantize_int8
-            loaders, _, desc = calibration_images(ckpt, calib, calib_count)
+            loaders, _, desc = calib_set
             echo(f"Calibrating INT8 on {desc} ({calib_method})")
             fp32 = work / "fp32.onnx"
             save_model(proto, fp32)

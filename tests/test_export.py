@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     model.train()
     rng = np.random.default_rng(0)
-    for _ in range(40):
+    for _ in range(25):
         idx = rng.choice(len(xs), 8, replace=False)
         loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(xs[idx]))["logits"],
                                                  torch.from_numpy(ys[idx]), ignore_index=255)
