@@ -78,7 +78,9 @@ def train(stage, preset, overrides, config_file, teachers, out, resume, exist_ok
                                    "igldt train --stage teachers ...)")
         teachers = str(default)
     if ckpt is not None and stage == "student" and teachers is None:
-        raise click.UsageError("--resume of a student run needs the same --teachers PATH")
+        teachers = ckpt.get("teachers")  # the run's own teachers checkpoint
+        if not teachers:
+            raise click.UsageError("--resume of a student run needs --teachers PATH (the run's teachers)")
     out = out or (resume.parent if resume else Path("runs") / stage)
     try:
         result = run(cfg, stage, out, teachers=teachers, resume=ckpt, device=device, exist_ok=exist_ok)
@@ -93,8 +95,6 @@ def train(stage, preset, overrides, config_file, teachers, out, resume, exist_ok
         return
     if result.interrupted:
         cmd = f"igldt train --stage {stage} --resume {result.last}"
-        if stage == "student":
-            cmd += f" --teachers {teachers}"
         click.secho(f"stopped at iteration {result.iteration}/{result.total}; resume with:", fg="yellow")
         click.echo(f"  {cmd}")
         return

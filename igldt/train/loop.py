@@ -202,7 +202,8 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
                 "format": RESUME_FORMAT, "kind": "resume", "stage": stage.name, "iteration": it, "total": total,
                 "models": stage.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": amp.scaler.state_dict(), "ranks": ranks,
-                "best": best, "skipped": skipped, "history": history, "config": dict(cfg)})
+                "best": best, "skipped": skipped, "history": history, "config": dict(cfg),
+                "teachers": getattr(stage, "teachers_path", None)})
             result.last = out_dir / "last.pt"
         D.barrier(ctx)
 

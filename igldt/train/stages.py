@@ -183,6 +183,7 @@ class StudentStage(Stage):
     """Stage 2: the student learns from the frozen teachers with L = L_l + L_u, (6)-(14)."""
     name, kind = "student", "student"
     uses_unlabelled = True
+    teachers_path: str | None = None
 
     def __init__(self, cfg, student: nn.Module, global_teacher: nn.Module, local_teacher: nn.Module):
         super().__init__(cfg, {"student": student})
@@ -223,4 +224,6 @@ def build_stage(cfg, name: str, num_classes: int, teachers: str | None = None) -
         if m.num_classes != num_classes:
             raise ValueError(f"--teachers {teachers}: the {role} teacher predicts {m.num_classes} classes, "
                              f"the dataset has {num_classes}; train teachers on this dataset")
-    return StudentStage(cfg, build_role(cfg, "student", num_classes), g, r)
+    stage = StudentStage(cfg, build_role(cfg, "student", num_classes), g, r)
+    stage.teachers_path = str(teachers)  # recorded in last.pt so a resume finds the same teachers
+    return stage

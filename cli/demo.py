@@ -1,0 +1,132 @@
+"""`igldt demo`: the whole method on the embedded synthetic dataset, in minutes on a laptop CPU.
+
+Sup-only baseline -> CPS teachers -> IGL-DT student -> ONNX export -> inference on the demo video,
+then a summary table and where every artefact is.
+"""
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import click
+
+from igldt.cli.common import resolve_config
+
+
+def _available(*modules: str) -> str | None:
+    """None when every module can be imported, else the first missing one."""
+    for m in modules:
+        try:
+            if importlib.util.find_spec(m) is None:
+                return m
+        except ModuleNotFoundError:
+            return m
+    return None
+
+
+def _prepare(out: Path, exist_ok: bool) -> None:
+    stages = [out / s for s in ("supervised", "teachers", "student") if (out / s).exists()]
+    if stages and not exist_ok:
+        raise click.UsageError(f"{out} already holds a demo run ({', '.join(p.name for p in stages)}); "
+                               "pass --exist-ok to run it again there, or --out another folder")
+
+
+@click.command("demo")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True,
+              help="Folder for the data, the three runs, the ONNX model and the inference video.")
+@click.option("-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any key of the demo preset, e.g. -o train.iters=40 for a quicker look.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--exist-ok", is_flag=True, help="Run again into an --out that holds a previous demo (overwrites it).")
+@click.option("--skip-deploy", is_flag=True, help="Stop after training (no ONNX export, no video inference).")
+def demo(out: Path, overrides, device: str, exist_ok: bool, skip_deploy: bool) -> None:
+    """Train Sup-only, the CPS teachers and the IGL-DT student on the demo data, export, infer.
+
+    \b
+    igldt demo                      # about 10 minutes on 2 CPU cores
+    igldt demo -o train.iters=30    # a quick look
+    """
+    from igldt.data import DataError, build_dataset
+    from igldt.train.loop import train as run
+
+    start = time.perf_counter()
+    _prepare(out, exist_ok)
+    cfg = resolve_config("demo", [f"data.root={out / 'data'}", *overrides])
+    try:
+        ds = build_dataset("demo", cfg.data.root, "train")  # generated on first use (seconds)
+    except DataError as e:
+        raise click.ClickException(str(e)) from None
+    data_root = Path(ds.root)
+    click.secho(f"demo data: {data_root} ({len(ds)} train images, {len(ds.classes)} classes)", bold=True)
+
+    results, times = {}, {}
+    for stage in ("supervised", "teachers", "student"):
+        click.secho(f"\n[{stage}] {cfg.train.iters} iterations", bold=True)
+        t0 = time.perf_counter()
+        teachers = out / "teachers" / "best.pt" if stage == "student" else None
+        results[stage] = run(cfg, stage, out / stage, teachers=teachers, device=device, exist_ok=True)
+        times[stage] = time.perf_counter() - t0
+
+    artefacts = {"data": data_root, **{f"{s} run": out / s for s in results},
+                 "student weights": results["student"].best}
+    deploy_note = None
+    if skip_deploy:
+        deploy_note = "skipped (--skip-deploy)"
+    elif (missing := _available("igldt.export.pipeline", "igldt.runtime", "onnx", "onnxruntime")) is not None:
+        deploy_note = f"skipped: {missing} is not installed (pip install 'igldt[cpu]')"
+    else:
+        t0 = time.perf_counter()
+        onnx_path, video_dir = _deploy(results["student"].best, out, data_root, device)
+        times["export + video"] = time.perf_counter() - t0
+        artefacts["ONNX model"] = onnx_path
+        if video_dir is not None:
+            artefacts["segmented video"] = video_dir
+        else:
+            deploy_note = "video inference skipped: the demo data has no demo.mp4"
+
+    wall = time.perf_counter() - start
+    click.secho("\nIGL-DT demo: val mIoU (%) on the synthetic street scenes", bold=True)
+    rows = [("Sup-only (student net, labelled only)", results["supervised"].history, "miou_student"),
+            ("CPS teacher T_SU (global)", results["teachers"].history, "miou_global"),
+            ("CPS teacher T_RU (local)", results["teachers"].history, "miou_local"),
+            ("IGL-DT student", results["student"].history, "miou_student")]
+    for name, history, key in rows:
+        best = max((h[key] for h in history if key in h), default=None)
+        click.echo(f"  {name:<40} {'n/a' if best is None else f'{100 * best:6.2f}'}")
+    click.echo("  (the best of each run's validations; the student and Sup-only share one architecture)")
+    click.secho("\nTimes", bold=True)
+    for k, v in times.items():
+        click.echo(f"  {k:<16} {v:7.1f} s")
+    click.echo(f"  {'total':<16} {wall:7.1f} s")
+    click.secho("\nArtefacts", bold=True)
+    for k, v in artefacts.items():
+        click.echo(f"  {k:<16} {v}")
+    if deploy_note:
+        click.echo(f"  deployment: {deploy_note}")
+    click.secho("\nNext:", bold=True)
+    click.echo("  igldt train --stage teachers --preset camvid-cpu     # real data (CamVid)")
+    click.echo(f"  igldt evaluate --weights {results['student'].best}")
+
+
+def _deploy(weights: Path, out: Path, data_root: Path, device: str) -> tuple[Path, Path | None]:
+    """Export the student to ONNX (checked against PyTorch) and segment the demo video with it."""
+    from igldt.cli.main import cli
+    from igldt.export.pipeline import run_export
+
+    onnx_path = out / "student.onnx"
+    click.secho(f"\n[export] {weights} -> {onnx_path}", bold=True)
+    res = run_export(weights, "onnx", out=onnx_path, force=True, check_count=4, demo_root=data_root, echo=click.echo)
+    if res.check:
+        diff = res.check.get("max_abs_logit_diff")
+        click.echo(f"  ONNX Runtime vs PyTorch on {res.check['images']} images: pixel agreement "
+                   f"{100 * res.check['pixel_agreement']:.2f}%" + (f", max |logit diff| {diff:.2e}" if diff is not None else ""))
+    video = data_root / "demo.mp4"
+    if not video.is_file():
+        return onnx_path, None
+    click.secho(f"\n[infer] {video}", bold=True)
+    video_dir = out / "infer"
+    # Through the `igldt infer` verb itself: exactly what a user runs on an edge box.
+    cli.main(["infer", str(video), "--model", str(onnx_path), "--out", str(video_dir), "--exist-ok",
+              "--save-video", "--device", "cpu" if device == "cpu" else "auto"], standalone_mode=False)
+    return onnx_path, video_dir
