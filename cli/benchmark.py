@@ -2,7 +2,6 @@
 mIoU, p50/p90 latency and FPS on real images, after a warm-up."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -92,6 +91,6 @@ def benchmark(artefacts, data, dataset, split, images_dir, limit, runs, warmup, 
         if r["status"] != "ok":
             click.echo(f"{r['artefact']}: {r['status']}")
     if json_out:
-        from igldt.runtime.metadata import write_json_atomic
+        from igldt.io import write_json_atomic
         write_json_atomic(json_out, rows)
         click.echo(f"rows: {json_out}")

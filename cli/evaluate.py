@@ -6,33 +6,16 @@ Built around a generic `predict(image RGB uint8) -> HxW labels` callable scored 
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import click
 import numpy as np
 
+from igldt.io import write_json_atomic
+
 MODES = ("whole", "center", "slide")
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Temp file in the same folder + os.replace: a reader never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def resolve_data(config: dict | None, data: str | None, dataset: str | None, split: str | None

@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from igldt.runtime.metadata import FORMAT, METADATA_KEY, default_palette, sidecar_path, write_json_atomic
+from igldt.io import write_json_atomic
+from igldt.runtime.metadata import FORMAT, METADATA_KEY, default_palette, sidecar_path
 
 __all__ = ["build_metadata", "embed_in_onnx", "file_sha256", "versions", "sidecar_path", "write_json_atomic"]
 

@@ -8,16 +8,16 @@ Everything in a payload is a tensor or plain Python data, so the safe unpickler 
 """
 from __future__ import annotations
 
-import os
 import pickle
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
+
+from igldt.io import atomic_open
 
 FORMAT = "igldt/1"
 KINDS = ("student", "teachers", "supervised", "resume")
@@ -54,27 +54,9 @@ def plain(obj: Any) -> Any:
 def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
     """Write `payload` to `path` atomically: a temp file in the same folder, flushed and fsynced,
     then `os.replace`, so a crash at any moment leaves either the old file or the new one, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(payload), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # persist the rename itself (POSIX); not possible on every platform/filesystem
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
+    with atomic_open(path, "wb") as f:
+        torch.save(dict(payload), f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, kinds: Iterable[str] | None = None,

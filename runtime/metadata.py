@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from .errors import DeployError
 
@@ -24,26 +22,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def sidecar_path(artefact: str | os.PathLike) -> Path:
     p = Path(artefact)
     return p.with_name(p.name + ".json")
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON through a temp file in the same folder and `os.replace`: never half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a sidecar is as readable as its artefact
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_sidecar(artefact: str | os.PathLike) -> dict | None:

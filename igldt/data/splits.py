@@ -7,13 +7,13 @@ numpy (PCG64 from a seed over the *sorted* ids), so one seed gives one split on 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
+
+from igldt.io import write_text_atomic
 
 from .datasets import IMAGE_EXTS, DataError
 
@@ -111,19 +111,6 @@ def make_split(ids: Iterable[str], fraction: str | float | Fraction | None = Non
     return labelled, unlabelled
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_split(out_dir: str | Path, labelled: Sequence[str], unlabelled: Sequence[str],
                 force: bool = False) -> tuple[Path, Path]:
     """Write `labeled.txt` and `unlabeled.txt` (bare ids, one per line) atomically.
@@ -141,7 +128,7 @@ def write_split(out_dir: str | Path, labelled: Sequence[str], unlabelled: Sequen
         raise DataError(f"{' and '.join(existing)} already exist; pick another --out or pass --force to replace")
     out.mkdir(parents=True, exist_ok=True)
     for path, ids in zip(paths, (labelled, unlabelled)):
-        _atomic_write_text(path, "".join(f"{i}\n" for i in ids))
+        write_text_atomic(path, "".join(f"{i}\n" for i in ids))
     return paths
 
 
