@@ -116,7 +116,7 @@ def evaluate_engine(engine: Path, reference: Path | None, data, dataset, split, 
               help="Exported artefact to score instead: student.onnx | student.plan | student.pt.")
 @click.option("--reference", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --engine: the artefact to compare with (usually the .pt it was exported from).")
-@click.option("--tolerance", type=float, default=None,
+@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
               help="With --reference: allowed mIoU drop in points (default fp32 0.05, fp16 0.1, int8 1.0).")
 @click.option("--data", default=None, metavar="ROOT", help="Dataset root. Default: the checkpoint's data.root.")
 @click.option("--dataset", default=None, metavar="NAME",
