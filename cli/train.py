@@ -91,6 +91,11 @@ def train(stage, preset, overrides, config_file, teachers, out, resume, exist_ok
         raise click.UsageError(str(e)) from None
     except NonFiniteLossError as e:
         raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, nothing new saved
+        last = out / "last.pt"
+        click.secho(f"stopped at once; {'the last saved checkpoint is ' + str(last) if last.is_file() else 'no checkpoint was saved'}",
+                    fg="yellow", err=True)
+        raise SystemExit(130) from None
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return
     if result.interrupted:

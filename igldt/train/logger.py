@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,9 @@ class RunLogger:
             return
         # Append: a resumed run continues the same log (entries before the resume point stay valid).
         self._file = open(self.path, "a", buffering=1)
-        self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True, unit="it")
+        # Not a terminal (nohup, CI, a pipe): a line every 30 s instead of a flood of carriage returns.
+        interval = 0.1 if sys.stderr.isatty() else 30.0
+        self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True, unit="it", mininterval=interval)
         try:  # optional dependency
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(self.out_dir / "tb"))
