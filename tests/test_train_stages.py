@@ -89,3 +89,19 @@ def test_training_refuses_bad_data(runs, tmp_path):
     code, text = invoke("--stage", "supervised", *opts(bad), "--out", tmp_path / "run")
     assert code != 0 and "bad_labels" in text and mask.name in text
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_demo_end_to_end(tmp_path):
+    """`igldt demo` at a tiny size: three stages, summary table, ONNX export, segmented video."""
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--device", "cpu", "-o", "train.iters=1", "-o", "data.crop=[32,48]",
+            "-o", "train.batch_size=2"]
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    for row in ("Sup-only", "CPS teacher T_SU", "CPS teacher T_RU", "IGL-DT student"):
+        assert row in res.output
+    assert (out / "student" / "best.pt").is_file() and (out / "teachers" / "best.pt").is_file()
+    if "deployment: skipped" not in res.output:
+        assert (out / "student.onnx").is_file() and any((out / "infer").rglob("*.mp4"))
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "--exist-ok" in again.output  # a second run never overwrites silently
