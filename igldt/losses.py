@@ -74,13 +74,16 @@ def supervised_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def pseudo_label_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, threshold: float | None = None,
-                    target: torch.Tensor | None = None) -> torch.Tensor:
+                    target: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
     """(7) / (12) CE(S, Y_T) against the teacher's hard prediction Y_T = argmax(teacher logits).
 
     `threshold`: pixels where the teacher's max softmax is below it are ignored (off when None).
     `target`: the ground truth of labelled images; its ignore pixels are excluded here too.
+    `valid`: B x H x W bool of unlabelled images, False where the crop is padding (no image there).
     """
     ignore = None if target is None else target == IGNORE_INDEX
+    if valid is not None:
+        ignore = ~valid if ignore is None else ignore | ~valid
     return _ce(student_logits, pseudo_labels(teacher_logits, threshold, ignore))
 
 
@@ -124,12 +127,22 @@ def local_regional_loss(student_features: torch.Tensor, teacher_features: torch.
     return (m_s - m_t).pow(2).mean()
 
 
-def discrepancy_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+def feature_mask(valid: torch.Tensor, size) -> torch.Tensor:
+    """A pixel mask (B x H x W bool) at a feature map's size (nearest): which positions hold image."""
+    return F.interpolate(valid[:, None].float(), size=tuple(size), mode="nearest")[:, 0] > 0.5
+
+
+def discrepancy_loss(student_features: torch.Tensor, teacher_features: torch.Tensor,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
     """(5) L_Dis = 1 + cos(F_S, F_T): cosine along channels at each position, averaged over positions
-    (and the batch). Minimising it pushes the student's features away from the teacher's, as written."""
+    (and the batch). Minimising it pushes the student's features away from the teacher's, as written.
+    `valid` (B x H x W bool, pixel resolution) restricts the average to positions holding image."""
     teacher_features = align_features(student_features, teacher_features.detach())
-    cos = F.cosine_similarity(student_features.float(), teacher_features.float(), dim=1, eps=1e-8)
-    return (1.0 + cos).mean()
+    d = 1.0 + F.cosine_similarity(student_features.float(), teacher_features.float(), dim=1, eps=1e-8)
+    if valid is None:
+        return d.mean()
+    m = feature_mask(valid, d.shape[-2:]).to(d.dtype)
+    return (d * m).sum() / m.sum().clamp_min(1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,26 +171,29 @@ def _zero(ref: torch.Tensor) -> torch.Tensor:
     return ref.float().sum() * 0.0
 
 
-def state1_loss(s: dict, t_su: dict, t_ru: dict, opts: LossConfig) -> tuple[torch.Tensor, dict]:
-    """(9) L_s1 = L_Glo(S, T_SU) + alpha * L_Dis(S, T_RU)."""
+def state1_loss(s: dict, t_su: dict, t_ru: dict, opts: LossConfig,
+                valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """(9) L_s1 = L_Glo(S, T_SU) + alpha * L_Dis(S, T_RU). `valid`: see `unlabelled_loss`."""
     loss, terms = _zero(s["logits"]), {}
     if "glo" in opts.losses:
-        glo = global_context_loss(s["logits"], t_su["logits"])
+        glo = global_context_loss(s["logits"], t_su["logits"], valid)
         loss, terms["glo"] = loss + glo, glo.detach()
     if "dis" in opts.losses:
-        dis = discrepancy_loss(s["features"], t_ru["features"])
+        dis = discrepancy_loss(s["features"], t_ru["features"], valid)
         loss, terms["dis"] = loss + opts.alpha * dis, dis.detach()
     return loss, terms
 
 
-def state2_loss(s: dict, t_su: dict, t_ru: dict, opts: LossConfig) -> tuple[torch.Tensor, dict]:
-    """(10) L_s2 = L_Loc(S, T_RU) + alpha * L_Dis(S, T_SU)."""
+def state2_loss(s: dict, t_su: dict, t_ru: dict, opts: LossConfig,
+                valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """(10) L_s2 = L_Loc(S, T_RU) + alpha * L_Dis(S, T_SU). `valid`: see `unlabelled_loss` (L_Loc
+    compares whole-image correlation matrices and takes no mask)."""
     loss, terms = _zero(s["logits"]), {}
     if "loc" in opts.losses:
         loc = local_regional_loss(s["features"], t_ru["features"], opts.grid)
         loss, terms["loc"] = loss + loc, loc.detach()
     if "dis" in opts.losses:
-        dis = discrepancy_loss(s["features"], t_su["features"])
+        dis = discrepancy_loss(s["features"], t_su["features"], valid)
         loss, terms["dis"] = loss + opts.alpha * dis, dis.detach()
     return loss, terms
 
@@ -189,10 +205,10 @@ def swap_state(iteration: int) -> int:
     return 1 if iteration % 2 == 1 else 2
 
 
-def unlabelled_feature_loss(iteration: int, s: dict, t_su: dict, t_ru: dict,
-                            opts: LossConfig) -> tuple[torch.Tensor, dict]:
+def unlabelled_feature_loss(iteration: int, s: dict, t_su: dict, t_ru: dict, opts: LossConfig,
+                            valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """(11) Swap(L_s1, L_s2): L_s1 at odd iterations t, L_s2 at even ones."""
-    return (state1_loss if swap_state(iteration) == 1 else state2_loss)(s, t_su, t_ru, opts)
+    return (state1_loss if swap_state(iteration) == 1 else state2_loss)(s, t_su, t_ru, opts, valid)
 
 
 def labelled_loss(s: dict, t_su: dict, t_ru: dict, target: torch.Tensor,
@@ -208,36 +224,41 @@ def labelled_loss(s: dict, t_su: dict, t_ru: dict, target: torch.Tensor,
     return sup + pl, {"sup": sup.detach(), "pl_l": pl.detach()}
 
 
-def unlabelled_loss(iteration: int, s: dict, t_su: dict, t_ru: dict,
-                    opts: LossConfig) -> tuple[torch.Tensor, dict]:
-    """(13) L_u = Swap(L_s1, L_s2) + CE(S, Y_SU) + CE(S, Y_RU) on unlabelled images ((12): the CE terms)."""
-    loss, terms = unlabelled_feature_loss(iteration, s, t_su, t_ru, opts)
+def unlabelled_loss(iteration: int, s: dict, t_su: dict, t_ru: dict, opts: LossConfig,
+                    valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """(13) L_u = Swap(L_s1, L_s2) + CE(S, Y_SU) + CE(S, Y_RU) on unlabelled images ((12): the CE terms).
+
+    `valid` (B x H x W bool, optional): False on crop padding, which holds no image; those pixels are
+    excluded like ignore pixels (from the CE terms, the GAP of L_Glo and the average of L_Dis)."""
+    loss, terms = unlabelled_feature_loss(iteration, s, t_su, t_ru, opts, valid)
     if "pseudo" in opts.losses:
-        pl = (pseudo_label_ce(s["logits"], t_su["logits"], opts.threshold)
-              + pseudo_label_ce(s["logits"], t_ru["logits"], opts.threshold))
+        pl = (pseudo_label_ce(s["logits"], t_su["logits"], opts.threshold, valid=valid)
+              + pseudo_label_ce(s["logits"], t_ru["logits"], opts.threshold, valid=valid))
         loss, terms["pl_u"] = loss + pl, pl.detach()
     return loss, terms
 
 
 def total_loss(iteration: int, s_l: dict, t_su_l: dict, t_ru_l: dict, target: torch.Tensor,
-               s_u: dict, t_su_u: dict, t_ru_u: dict, opts: LossConfig) -> tuple[torch.Tensor, dict]:
+               s_u: dict, t_su_u: dict, t_ru_u: dict, opts: LossConfig,
+               valid_u: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """(14) L = L_l + L_u. `s_*`, `t_*` are model outputs {"logits", "features"} on the labelled
-    (`_l`) and unlabelled (`_u`) images."""
+    (`_l`) and unlabelled (`_u`) images; `valid_u` marks the unlabelled pixels holding image."""
     l_l, terms = labelled_loss(s_l, t_su_l, t_ru_l, target, opts)
-    l_u, terms_u = unlabelled_loss(iteration, s_u, t_su_u, t_ru_u, opts)
+    l_u, terms_u = unlabelled_loss(iteration, s_u, t_su_u, t_ru_u, opts, valid_u)
     loss = l_l + l_u
     return loss, {**terms, **terms_u, "state": torch.tensor(float(swap_state(iteration))), "loss": loss.detach()}
 
 
 def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: torch.Tensor, r_u: torch.Tensor,
-             weight: float = 1.5) -> tuple[torch.Tensor, dict]:
+             weight: float = 1.5, valid_u: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Stage 1 (CPS, Chen et al. 2021): CE on labelled images for both teachers, plus `weight` (lambda)
     times each teacher's CE against the other's hard prediction on unlabelled images.
 
-    `g_*` / `r_*`: logits of the global (T_SU) and local (T_RU) teacher on labelled / unlabelled images.
+    `g_*` / `r_*`: logits of the global (T_SU) and local (T_RU) teacher on labelled / unlabelled images;
+    `valid_u`: False on unlabelled crop padding (excluded).
     """
     sup_g, sup_r = supervised_ce(g_l, target), supervised_ce(r_l, target)
-    cps = pseudo_label_ce(g_u, r_u) + pseudo_label_ce(r_u, g_u)
+    cps = pseudo_label_ce(g_u, r_u, valid=valid_u) + pseudo_label_ce(r_u, g_u, valid=valid_u)
     loss = sup_g + sup_r + weight * cps
     return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "cps": cps.detach(), "loss": loss.detach()}
 

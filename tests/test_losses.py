@@ -165,3 +165,21 @@ def test_loss_config_rejects_unknown_terms():
         L.LossConfig.from_cfg(method)
     method["losses"] = ["glo"]
     assert L.LossConfig.from_cfg(method).losses == frozenset({"glo"})
+
+
+def test_unlabelled_padding_is_excluded():
+    """`valid` (False on crop padding of unlabelled images) removes pixels like ignore does."""
+    s, t = _outs(0, b=1), _outs(1, b=1)
+    valid = torch.ones(1, 8, 8, dtype=torch.bool)
+    valid[:, :, 4:] = False  # right half is padding
+    half = lambda o: {"logits": o["logits"][..., :4], "features": o["features"][..., :1]}  # noqa: E731
+    sh, th = half(s), half(t)
+    assert L.pseudo_label_ce(s["logits"], t["logits"], valid=valid).item() == \
+        pytest.approx(L.pseudo_label_ce(sh["logits"], th["logits"]).item(), rel=1e-6)
+    assert L.global_context_loss(s["logits"], t["logits"], valid).item() == \
+        pytest.approx(L.global_context_loss(sh["logits"], th["logits"]).item(), rel=1e-6)
+    assert L.discrepancy_loss(s["features"], t["features"], valid).item() == \
+        pytest.approx(L.discrepancy_loss(sh["features"], th["features"]).item(), rel=1e-6)
+    full = L.unlabelled_loss(1, s, t, t, L.LossConfig(grid=2))[0]
+    masked = L.unlabelled_loss(1, s, t, t, L.LossConfig(grid=2), valid)[0]
+    assert full.item() != pytest.approx(masked.item())

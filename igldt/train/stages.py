@@ -63,8 +63,11 @@ class TeacherPair(nn.Module):
 class Stage:
     name = ""
     kind = ""  # checkpoint kind of best.pt
+    uses_unlabelled = False
 
     def __init__(self, cfg, trainable: dict[str, nn.Module]):
+        if self.uses_unlabelled and cfg["data"]["cutmix"]:
+            raise ValueError("data.cutmix: CutMix is not part of IGL-DT's losses (METHOD.md); set data.cutmix=false")
         self.cfg = cfg
         self.opts = L.LossConfig.from_cfg(cfg["method"])
         self._raw = dict(trainable)
@@ -167,7 +170,7 @@ class TeachersStage(Stage):
         g, r = self.run["teachers"](torch.cat([batch_l["image"], batch_u["image"]]))
         (g_l, g_u), (r_l, r_u) = _split(g, n), _split(r, n)
         return L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], g_u["logits"], r_u["logits"],
-                          self.opts.cps_weight)
+                          self.opts.cps_weight, batch_u.get("valid"))
 
     def validated(self) -> dict[str, nn.Module]:
         pair = self.modules()["teachers"]
@@ -198,7 +201,8 @@ class StudentStage(Stage):
         s = self.run["student"](x_s)
         su, ru = self.frozen["global"](x_t), self.frozen["local"](x_t)
         (s_l, s_u), (su_l, su_u), (ru_l, ru_u) = _split(s, n), _split(su, n), _split(ru, n)
-        return L.total_loss(iteration, s_l, su_l, ru_l, batch_l["mask"], s_u, su_u, ru_u, self.opts)
+        return L.total_loss(iteration, s_l, su_l, ru_l, batch_l["mask"], s_u, su_u, ru_u, self.opts,
+                            batch_u.get("valid"))
 
 
 STAGES = {"supervised": SupervisedStage, "teachers": TeachersStage, "student": StudentStage}
