@@ -67,6 +67,10 @@ def demo(out: Path, overrides, device: str, exist_ok: bool, skip_deploy: bool) -
         teachers = out / "teachers" / "best.pt" if stage == "student" else None
         results[stage] = run(cfg, stage, out / stage, teachers=teachers, device=device, exist_ok=True)
         times[stage] = time.perf_counter() - t0
+        if results[stage].interrupted:  # Ctrl-C: stop the whole demo, not just this stage
+            click.secho(f"demo stopped during the {stage} stage; its resumable checkpoint is "
+                        f"{results[stage].last} (`igldt demo --exist-ok` starts over)", fg="yellow")
+            raise SystemExit(130)
 
     artefacts = {"data": data_root, **{f"{s} run": out / s for s in results},
                  "student weights": results["student"].best}
