@@ -9,6 +9,7 @@ frozen teachers use BatchNorm in eval mode, which is batch independent anyway. E
 per-image mean with equal pixel counts per image, so the mean of the rank means is the global mean.
 """
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +46,17 @@ def run(out: Path, ctx: D.DistContext) -> StudentStage:
 def test_ddp_two_processes_match_one(tmp_path):
     single = run(tmp_path / "single", D.DistContext())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           __file__, str(tmp_path / "ddp")],
-                          env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Own process group: on a timeout the launcher *and* its workers are killed, none left orphaned.
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             __file__, str(tmp_path / "ddp")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun with 2 gloo workers did not finish in 240 s")
+    assert proc.returncode == 0, stderr[-3000:]
     a, b = losses(tmp_path / "single"), losses(tmp_path / "ddp")
     assert len(a) == len(b) == ITERS  # rank 0 alone wrote the log
     for (it_a, loss_a, _), (it_b, loss_b, _) in zip(a, b):
