@@ -11,6 +11,7 @@ Conventions
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -156,6 +157,7 @@ class LossConfig:
     losses: frozenset = field(default_factory=lambda: frozenset(LOSS_TERMS))
     threshold: float | None = None
     cps_weight: float = 1.5
+    cps_rampup: int = 0
 
     @classmethod
     def from_cfg(cls, method) -> "LossConfig":
@@ -163,7 +165,8 @@ class LossConfig:
         if thr is not None and not 0.0 <= float(thr) <= 1.0:
             raise ValueError(f"method.threshold={thr}: a confidence in [0, 1], or null for off")
         return cls(alpha=float(method["alpha"]), grid=int(method["grid"]), losses=enabled(method["losses"] or []),
-                   threshold=None if thr is None else float(thr), cps_weight=float(method["cps_weight"]))
+                   threshold=None if thr is None else float(thr), cps_weight=float(method["cps_weight"]),
+                   cps_rampup=int(method.get("cps_rampup") or 0))
 
 
 def _zero(ref: torch.Tensor) -> torch.Tensor:
@@ -261,6 +264,19 @@ def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: to
     cps = pseudo_label_ce(g_u, r_u, valid=valid_u) + pseudo_label_ce(r_u, g_u, valid=valid_u)
     loss = sup_g + sup_r + weight * cps
     return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "cps": cps.detach(), "loss": loss.detach()}
+
+
+def cps_weight_at(iteration: int, weight: float, rampup: int = 0) -> float:
+    """The CPS weight lambda at iteration t: `weight` throughout when `rampup` is 0 (CPS, METHOD.md),
+    else the sigmoid ramp-up weight * exp(-5 (1 - t/rampup)^2) up to t = rampup (Laine & Aila 2017).
+
+    Teachers trained from random weights (the CPU presets) give each other noise for pseudo-labels
+    at first; at full weight from t = 1 that noise outweighs the labels and the teachers end below
+    Sup-only. Pretrained teachers (the paper's presets) need no ramp.
+    """
+    if rampup <= 0 or iteration >= rampup:
+        return weight
+    return weight * math.exp(-5.0 * (1.0 - max(iteration, 0) / rampup) ** 2)
 
 
 def enabled(names: Iterable[str]) -> frozenset:

@@ -183,3 +183,37 @@ def test_unlabelled_padding_is_excluded():
     full = L.unlabelled_loss(1, s, t, t, L.LossConfig(grid=2))[0]
     masked = L.unlabelled_loss(1, s, t, t, L.LossConfig(grid=2), valid)[0]
     assert full.item() != pytest.approx(masked.item())
+
+
+def test_cps_weight_ramp_up():
+    # 0 = the constant lambda of CPS (METHOD.md); otherwise exp(-5 (1 - t/T)^2), full weight from t = T
+    assert L.cps_weight_at(1, 1.5, 0) == 1.5 and L.cps_weight_at(10**6, 1.5, 0) == 1.5
+    assert L.cps_weight_at(0, 1.5, 100) == pytest.approx(1.5 * math.exp(-5))
+    assert L.cps_weight_at(50, 1.5, 100) == pytest.approx(1.5 * math.exp(-5 * 0.25))
+    assert L.cps_weight_at(100, 1.5, 100) == 1.5 and L.cps_weight_at(250, 1.5, 100) == 1.5
+    ramp = [L.cps_weight_at(t, 1.5, 100) for t in range(1, 101)]
+    assert all(a < b for a, b in zip(ramp, ramp[1:]))
+
+
+def test_teacher_stage_uses_the_ramped_weight():
+    from igldt.train.stages import TeachersStage
+
+    class Const(torch.nn.Module):  # fixed logits: the CPS term is the same at every t
+        def __init__(self, seed):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(1, 3, 1, 1, generator=torch.Generator().manual_seed(seed)))
+
+        def forward(self, x):
+            logits = self.w.expand(x.shape[0], 3, *x.shape[-2:]) + x[:, :1]
+            return {"logits": logits, "features": logits}
+
+    cfg = {"method": {"alpha": 0.1, "grid": 2, "losses": list(L.LOSS_TERMS), "threshold": None,
+                      "cps_weight": 1.5, "cps_rampup": 10}, "train": {"head_lr_mult": 1.0}, "data": {"cutmix": False}}
+    stage = TeachersStage(cfg, Const(0), Const(1))
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    bl, bu = {"image": x, "mask": torch.zeros(2, 4, 4, dtype=torch.long)}, {"image": x.flip(0)}
+    for t in (1, 5, 10, 20):
+        loss, terms = stage.step(bl, bu, t)
+        lam = L.cps_weight_at(t, 1.5, 10)
+        assert float(terms["lambda"]) == pytest.approx(lam)
+        assert float(loss) == pytest.approx(float(terms["sup_g"] + terms["sup_r"] + lam * terms["cps"]), rel=1e-6)

@@ -169,8 +169,10 @@ class TeachersStage(Stage):
         # One forward per teacher over labelled + unlabelled: one graph per step, as DDP expects.
         g, r = self.run["teachers"](torch.cat([batch_l["image"], batch_u["image"]]))
         (g_l, g_u), (r_l, r_u) = _split(g, n), _split(r, n)
-        return L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], g_u["logits"], r_u["logits"],
-                          self.opts.cps_weight, batch_u.get("valid"))
+        lam = L.cps_weight_at(iteration, self.opts.cps_weight, self.opts.cps_rampup)
+        loss, terms = L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], g_u["logits"], r_u["logits"],
+                                 lam, batch_u.get("valid"))
+        return loss, {**terms, "lambda": torch.tensor(lam)}
 
     def validated(self) -> dict[str, nn.Module]:
         pair = self.modules()["teachers"]
