@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from igldt.palette import voc_palette
+
 from .errors import DeployError
 
 METADATA_KEY = "igldt"  # key in ONNX metadata_props
@@ -70,15 +72,5 @@ def with_defaults(meta: dict | None, source: str, num_classes: int | None = None
 
 
 def default_palette(n: int) -> list[list[int]]:
-    """The PASCAL VOC bit-interleaved colour map: distinct, deterministic colours for n classes."""
-    pal = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal.append([r, g, b])
-    return pal
+    """The VOC colour map for n classes, as JSON-ready lists."""
+    return voc_palette(n).tolist()

@@ -14,6 +14,8 @@ from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
+
+from igldt.palette import voc_palette
 import yaml
 
 IGNORE = 255
@@ -31,20 +33,6 @@ class Item:
     id: str
     image: Path
     mask: Path | None
-
-
-def voc_palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC bit-interleaved colour map (also a good default for user classes)."""
-    pal = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
 
 
 def _require_dir(path: Path, what: str, hint: str) -> Path:

@@ -1,0 +1,19 @@
+"""The PASCAL VOC bit-interleaved colour map: distinct, deterministic colours for class ids.
+numpy only, shared by the datasets (default colours) and the torch-free runtime (overlays)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+    """n x 3 uint8 RGB colours; class i gets the VOC colour of i."""
+    pal = np.zeros((n, 3), np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal
