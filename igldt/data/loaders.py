@@ -160,6 +160,13 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+def _worker_context() -> str:
+    # Not fork: a worker forked after the parent ran thread pools (OpenCV, the data check, torch)
+    # can inherit a held lock and hang forever (seen here in CI on 2 cores).
+    import multiprocessing as mp
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
 def _section(cfg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     sec = cfg.get(name) if isinstance(cfg, Mapping) else None
     if not isinstance(sec, Mapping):
@@ -171,7 +178,8 @@ def _loader(dataset: Dataset, batch_size: int, rank: int, world: int, seed: int,
     sampler = ShardedSampler(len(dataset), rank, world, seed)
     return SeededLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=int(workers),
                         drop_last=len(sampler) >= batch_size, worker_init_fn=_worker_init if workers else None,
-                        pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                        pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                        multiprocessing_context=_worker_context() if workers else None)
 
 
 def train_datasets(cfg: Mapping[str, Any]) -> tuple[SegDataset, SegDataset | None]:
