@@ -17,6 +17,9 @@ import timm
 import torch
 from torch import nn
 
+from .pretrained import (PretrainedWeightsError, convert_efficientnet_lite, has_package,
+                         is_efficientnet_lite_layout, package_weights_path)
+
 log = logging.getLogger("igldt.models")
 
 # Small named variants for CPU presets: alias -> (timm architecture, extra create_model kwargs).
@@ -30,10 +33,6 @@ ALIASES: dict[str, tuple[str, dict]] = {
 # its shifted windows for good. 512 keeps every stage of a patch-4 Swin >= 7 tokens, and
 # strict_img_size=False rebuilds the masks for the real input size on each forward.
 SWIN_IMG_SIZE = 512
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights were asked for but cannot be had (offline, no such weights, bad file)."""
 
 
 @dataclass
@@ -88,6 +87,18 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def _hub_unavailable(spec: BackboneSpec, host: str | None) -> str | None:
+    """Why timm's hub download cannot work right now (None when it may): fail in seconds, not
+    after the hub client's minute of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set and they are not cached"
+    if host is None:
+        return "timm has no pretrained weights for it"
+    if not _reachable(host):
+        return f"{host} unreachable and not cached"
+    return None
+
+
 def _offline_error(name: str, why: str) -> PretrainedWeightsError:
     return PretrainedWeightsError(
         f"backbone '{name}': cannot get pretrained weights ({why}); "
@@ -103,24 +114,28 @@ def create_features(spec: BackboneSpec, output_stride: int, pretrained: bool,
         kwargs["out_indices"] = out_indices
     if spec.is_swin:
         kwargs.update(img_size=SWIN_IMG_SIZE, strict_img_size=False)
+    package = None  # offline fallback: the weights package, when the hub cannot be reached
     if pretrained:
         if spec.name in ALIASES:
             raise PretrainedWeightsError(
                 f"backbone '{spec.name}' is a narrow variant with no published weights; "
                 f"use pretrained=false (or weights=PATH to your own)")
         host, cached = _pretrained_source(spec.arch)
-        if not cached:
-            # Fail in seconds, not after the hub client's minute of retries.
-            if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-                raise _offline_error(spec.name, "HF_HUB_OFFLINE is set and they are not cached")
-            if host is None:
-                raise PretrainedWeightsError(f"backbone '{spec.name}': timm has no pretrained weights for it; "
-                                             f"pass weights=PATH or pretrained=false")
-            if not _reachable(host):
-                raise _offline_error(spec.name, f"{host} unreachable and not cached")
+        why = None if cached else _hub_unavailable(spec, host)
+        if why and has_package(spec.arch):
+            package, pretrained = package_weights_path(spec.arch), False
+            log.info("backbone '%s': %s; ImageNet weights from the installed package %s", spec.name, why, package)
+        elif why and host is None and not why.startswith("HF_HUB_OFFLINE"):
+            raise PretrainedWeightsError(f"backbone '{spec.name}': timm has no pretrained weights for it; "
+                                         f"pass weights=PATH or pretrained=false")
+        elif why:
+            raise _offline_error(spec.name, why)
 
     def build(**extra):
-        return timm.create_model(spec.arch, features_only=True, pretrained=pretrained, **kwargs, **extra)
+        model = timm.create_model(spec.arch, features_only=True, pretrained=pretrained, **kwargs, **extra)
+        if package is not None:
+            load_backbone_weights(model, package)
+        return model
 
     try:
         if output_stride == 32:
@@ -169,6 +184,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> dict:
     """
     sd = read_state_dict(path)
     own = backbone.state_dict()
+    if is_efficientnet_lite_layout(sd):  # efficientnet-lite-pytorch names (the weights packages)
+        sd = convert_efficientnet_lite(sd, own, source=f"weights file {path}")
 
     def rename(k: str) -> str:
         alt = k.replace(".", "_", 1)  # timm feature wrappers flatten `layers.0` to `layers_0`

@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import create_features, load_backbone_weights, resolve
+from .pretrained import PACKAGE_SOURCE, package_weights_path
 
 STRIDE_FALLBACKS = ("upsample", "truncate")
+HEADS = ("dense", "separable")
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -22,12 +24,49 @@ def conv_bn_relu(cin: int, cout: int, k: int = 1, dilation: int = 1) -> nn.Seque
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def sep_conv_bn_relu(cin: int, cout: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
+    """Atrous separable convolution of the DeepLabV3+ paper (its Xception head): depthwise k x k
+    (dilated) + BN + ReLU, then pointwise 1x1 + BN + ReLU; about k*k times fewer FLOPs than dense."""
+    pad = dilation * (k - 1) // 2
+    return nn.Sequential(nn.Conv2d(cin, cin, k, padding=pad, dilation=dilation, groups=cin, bias=False),
+                         nn.BatchNorm2d(cin), nn.ReLU(inplace=True), conv_bn_relu(cin, cout, 1))
+
+
+def conv3x3(head: str):
+    """The 3x3 block of a head: dense (today's, the paper presets) or atrous separable."""
+    if head not in HEADS:
+        raise ValueError(f"model head must be one of {', '.join(HEADS)}, got '{head}'")
+    return conv_bn_relu if head == "dense" else sep_conv_bn_relu
+
+
+class GlobalAttention(nn.Module):
+    """Transformer encoder layers over the deepest CNN map (the TransUNet pattern): every position
+    attends to every other, so a pretrained CNN stem gets image-wide context. A depthwise 3x3
+    convolution adds position (a conditional position encoding, Chu et al. 2021), which works at
+    any input size, unlike a learned table."""
+
+    def __init__(self, ch: int, layers: int, heads: int = 8):
+        super().__init__()
+        self.pos = nn.Conv2d(ch, ch, 3, padding=1, groups=ch)
+        layer = nn.TransformerEncoderLayer(ch, heads, 4 * ch, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pos(x)
+        b, c, h, w = x.shape
+        tokens = self.encoder(x.flatten(2).transpose(1, 2))
+        return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
 class ASPP(nn.Module):
     """1x1 + three atrous 3x3 (rates) + image pooling, concatenated and projected to `ch`."""
 
-    def __init__(self, cin: int, ch: int = 256, rates: tuple[int, ...] = (6, 12, 18), dropout: float = 0.1):
+    def __init__(self, cin: int, ch: int = 256, rates: tuple[int, ...] = (6, 12, 18), dropout: float = 0.1,
+                 head: str = "dense"):
         super().__init__()
-        self.branches = nn.ModuleList([conv_bn_relu(cin, ch, 1)] + [conv_bn_relu(cin, ch, 3, r) for r in rates])
+        conv = conv3x3(head)
+        self.branches = nn.ModuleList([conv_bn_relu(cin, ch, 1)] + [conv(cin, ch, 3, r) for r in rates])
         # No BatchNorm on the pooled 1x1 map: one value per channel per image would make BN fail
         # (or be meaningless) at one image per GPU; a biased conv does the same job there.
         self.pool = nn.Sequential(nn.Conv2d(cin, ch, 1), nn.ReLU(inplace=True))
@@ -43,10 +82,11 @@ class ASPP(nn.Module):
 class Decoder(nn.Module):
     """Upsample the ASPP map to stride 4, concatenate the 48-channel skip, two 3x3 convs."""
 
-    def __init__(self, low_ch: int, ch: int = 256, skip_ch: int = 48):
+    def __init__(self, low_ch: int, ch: int = 256, skip_ch: int = 48, head: str = "dense"):
         super().__init__()
+        conv = conv3x3(head)
         self.skip = conv_bn_relu(low_ch, skip_ch, 1)
-        self.fuse = nn.Sequential(conv_bn_relu(ch + skip_ch, ch, 3), conv_bn_relu(ch, ch, 3))
+        self.fuse = nn.Sequential(conv(ch + skip_ch, ch, 3), conv(ch, ch, 3))
 
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
@@ -54,7 +94,7 @@ class Decoder(nn.Module):
 
 
 class DeepLabV3Plus(nn.Module):
-    """Returns `{"logits": NxCxHxW at input size, "features": Nx256x⌈H/4⌉x⌈W/4⌉}` for any H, W.
+    """Returns `{"logits": NxCxHxW at input size, "features": N x channels x ⌈H/4⌉x⌈W/4⌉}` for any H, W.
 
     Output stride: ResNet-family backbones are dilated by timm (`output_stride=`). Backbones timm
     cannot dilate (Swin: fixed strides 4/8/16/32) follow `stride_fallback`:
@@ -64,10 +104,16 @@ class DeepLabV3Plus(nn.Module):
       dropped (fewer parameters and FLOPs).
     The input is zero-padded (bottom/right) to a multiple of `self.stride`, the backbone's deepest
     stride, and outputs are cropped back, so features of different backbones align pixel for pixel.
+
+    `head`: "dense" 3x3 convolutions in ASPP and decoder (as METHOD.md) or "separable" (the DeepLabV3+
+    paper's atrous separable convolutions, ~3x cheaper for an edge student). `channels`: ASPP and
+    decoder width (the feature losses need the same width for every role). `attention`: number of
+    global self-attention layers on the deepest map (0 = none), for a CNN "global" teacher.
     """
 
     def __init__(self, backbone: str, num_classes: int, output_stride: int = 16, pretrained: bool = False,
-                 stride_fallback: str = "upsample", dropout: float = 0.1):
+                 stride_fallback: str = "upsample", dropout: float = 0.1, head: str = "dense",
+                 channels: int = 256, attention: int = 0):
         super().__init__()
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
@@ -78,6 +124,7 @@ class DeepLabV3Plus(nn.Module):
         spec = resolve(backbone)
         self.backbone_name, self.output_stride, self.num_classes = backbone, output_stride, num_classes
         self.stride_fallback = stride_fallback
+        self.head, self.channels, self.attention = head, int(channels), int(attention)
 
         self.backbone = create_features(spec, output_stride, pretrained)
         reductions = self.backbone.feature_info.reduction()
@@ -97,9 +144,15 @@ class DeepLabV3Plus(nn.Module):
         self.channels_last_features = str(getattr(self.backbone, "output_fmt", "NCHW")).endswith("NHWC")
 
         scale = 16 // output_stride                       # rates 6/12/18 at OS16, doubled at OS8
-        self.aspp = ASPP(channels[-1], 256, tuple(r * scale for r in (6, 12, 18)), dropout)
-        self.decoder = Decoder(channels[self.low_index], 256, 48)
-        self.classifier = nn.Conv2d(256, num_classes, 1)
+        deep_ch = channels[-1]
+        if self.attention:
+            # A width divisible by 8 heads; the projection in is the only change to the backbone's map.
+            width = max(64, -(-deep_ch // 64) * 64)
+            self.context = nn.Sequential(nn.Conv2d(deep_ch, width, 1), GlobalAttention(width, self.attention))
+            deep_ch = width
+        self.aspp = ASPP(deep_ch, self.channels, tuple(r * scale for r in (6, 12, 18)), dropout, head)
+        self.decoder = Decoder(channels[self.low_index], self.channels, 48, head)
+        self.classifier = nn.Conv2d(self.channels, num_classes, 1)
         for m in [*self.aspp.modules(), *self.decoder.modules()]:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -108,7 +161,8 @@ class DeepLabV3Plus(nn.Module):
     def arch(self) -> dict:
         """Everything `build_segmenter(**arch)` needs to rebuild this network (checkpoint `arch`)."""
         return {"backbone": self.backbone_name, "output_stride": self.output_stride,
-                "num_classes": self.num_classes, "stride_fallback": self.stride_fallback}
+                "num_classes": self.num_classes, "stride_fallback": self.stride_fallback,
+                "head": self.head, "channels": self.channels, "attention": self.attention}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]
@@ -122,20 +176,26 @@ class DeepLabV3Plus(nn.Module):
         if self.upsample_high:
             high = F.interpolate(high, size=(hp // self.output_stride, wp // self.output_stride),
                                  mode="bilinear", align_corners=False)
+        if self.attention:
+            high = self.context(high)
         features = self.decoder(low, self.aspp(high))
         logits = F.interpolate(self.classifier(features), size=(hp, wp), mode="bilinear", align_corners=False)
         return {"logits": logits[:, :, :h, :w], "features": features[:, :, : (h + 3) // 4, : (w + 3) // 4]}
 
 
 def build_segmenter(backbone: str, num_classes: int, output_stride: int = 16, pretrained: bool = False,
-                    weights: str | Path | None = None, stride_fallback: str = "upsample") -> DeepLabV3Plus:
+                    weights: str | Path | None = None, stride_fallback: str = "upsample", head: str = "dense",
+                    channels: int = 256, attention: int = 0) -> DeepLabV3Plus:
     """DeepLabV3+ over a timm backbone (or alias such as `swin_nano`).
 
-    `weights=PATH` (a backbone state dict in timm naming, .pth/.pt/.safetensors) takes precedence
-    over `pretrained=True` and never touches the network.
+    `weights=PATH` (a backbone state dict in timm naming or the efficientnet-lite-pytorch layout,
+    .pth/.pt/.safetensors) takes precedence over `pretrained=True` and never touches the network;
+    `weights="package"` takes the backbone's installed weights package (models/pretrained.py).
     """
-    model = DeepLabV3Plus(backbone, num_classes, output_stride,
-                          pretrained=bool(pretrained) and not weights, stride_fallback=stride_fallback)
+    if weights == PACKAGE_SOURCE:
+        weights = package_weights_path(resolve(backbone).arch)
+    model = DeepLabV3Plus(backbone, num_classes, output_stride, pretrained=bool(pretrained) and not weights,
+                          stride_fallback=stride_fallback, head=head, channels=channels, attention=attention)
     if weights:
         model.weights_report = load_backbone_weights(model.backbone, weights)
     return model

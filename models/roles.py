@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import torch
+
 from .deeplab import DeepLabV3Plus, build_segmenter
 
 ROLES = ("student", "global_teacher", "local_teacher")
@@ -35,8 +37,21 @@ def role_spec(cfg: Mapping, role: str) -> dict:
 
 
 def build_role(cfg: Mapping, role: str, num_classes: int) -> DeepLabV3Plus:
-    """DeepLabV3+ for student | global_teacher | local_teacher from `cfg.model.<role>`."""
+    """DeepLabV3+ for student | global_teacher | local_teacher from `cfg.model.<role>`.
+
+    The random part of the initialisation (head, non-pretrained layers) is drawn from its own
+    generator seeded by (`train.seed`, role), whatever was built before: the Sup-only baseline and
+    the IGL-DT student start from the same weights (a controlled comparison), and the two teachers
+    of a dual-global / dual-local pair still start different, as CPS needs.
+    """
     spec = role_spec(cfg, role)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg["train"].get("seed", 0)) * len(ROLES) + ROLES.index(role))
+        return _build(spec, num_classes)
+
+
+def _build(spec: Mapping, num_classes: int) -> DeepLabV3Plus:
     return build_segmenter(spec["backbone"], num_classes, output_stride=int(spec.get("output_stride", 16)),
                            pretrained=bool(spec.get("pretrained", False)), weights=spec.get("weights"),
-                           stride_fallback=spec.get("stride_fallback", "upsample"))
+                           stride_fallback=spec.get("stride_fallback", "upsample"), head=spec.get("head", "dense"),
+                           channels=int(spec.get("channels", 256)), attention=int(spec.get("attention", 0)))
