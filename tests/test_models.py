@@ -107,7 +107,8 @@ def test_roles_and_teacher_ablations():
     with pytest.raises(ValueError, match="role"):
         role_spec(cfg, "teacher")
     student = build_role(cfg, "student", 6)
-    assert student.arch == {"backbone": "resnet18", "output_stride": 16, "num_classes": 6, "stride_fallback": "upsample"}
+    assert student.arch == {"backbone": "resnet18", "output_stride": 16, "num_classes": 6, "stride_fallback": "upsample",
+                            "head": "dense", "channels": 256, "attention": 0}
 
 
 def test_export_wrapper_labels_and_baked_preprocess():

@@ -48,6 +48,19 @@ class Frozen(nn.Module):
             return self.model(x)
 
 
+class Ensemble(nn.Module):
+    """Two segmenters' class probabilities averaged (returned as log-probabilities, so argmax and
+    softmax read as logits): what the teachers predict together, measured before the student stage."""
+
+    def __init__(self, a: nn.Module, b: nn.Module):
+        super().__init__()
+        self.a, self.b = a, b
+
+    def forward(self, x: torch.Tensor) -> Outputs:
+        pa, pb = self.a(x)["logits"].float().softmax(1), self.b(x)["logits"].float().softmax(1)
+        return {"logits": ((pa + pb) / 2).clamp_min(1e-12).log()}
+
+
 class TeacherPair(nn.Module):
     """T_SU and T_RU as one module, so one DDP wrapper and one optimiser train both."""
 
@@ -176,7 +189,8 @@ class TeachersStage(Stage):
 
     def validated(self) -> dict[str, nn.Module]:
         pair = self.modules()["teachers"]
-        return {"global": pair.global_teacher, "local": pair.local_teacher}
+        return {"global": pair.global_teacher, "local": pair.local_teacher,
+                "ensemble": Ensemble(pair.global_teacher, pair.local_teacher)}
 
     def export_payload(self, meta: dict) -> dict:
         from igldt.checkpoint import teachers_payload
