@@ -197,7 +197,9 @@ class TorchBackend:
         self.providers = [f"torch:{self.device}"]
         self.embedded_meta = {
             "format": "igldt-deploy/1", "classes": meta.get("classes"), "palette": _plain(meta.get("palette")),
-            "mean": _plain(meta.get("mean")), "std": _plain(meta.get("std")), "stride": 32,
+            "mean": _plain(meta.get("mean")), "std": _plain(meta.get("std")),
+            # The network's own padding multiple, as the export records it: a .pt and its .onnx pad alike.
+            "stride": int(getattr(model, "stride", None) or meta.get("stride") or 32),
             "output_stride": meta.get("arch", {}).get("output_stride"), "precision": "fp32",
             "input": {"layout": "NCHW", "dtype": "float32", "color": "RGB"}, "output": {"kind": "logits"},
             "dataset": _dataset_of(meta),

@@ -30,19 +30,28 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("supervised", "cps", "teachers", "student")
-TIMES = "times.json"  # per seed folder: {step: seconds}, {"commands": [...]}
+STAGES = ("supervised", "teachers", "student", "cps")
+TIMES = "times.json"  # per seed folder: {"times": {step: seconds}, "commands": [...]}
+DONE = "done.json"    # per finished step: {"wall": seconds, "command": ...}; a rerun skips the step
+VAL_EVERY = 200       # every stage validates every 200 iterations; best.pt is the best of these
 
 
-def sh(cmd: list[str], log: Path) -> float:
-    """Run `cmd`, write its output to `log`, return the wall time; stop the script on failure."""
+def sh(cmd: list[str], log: Path, done: Path) -> float:
+    """Run `cmd` (output to `log`) unless `done` records it finished; return its wall time; stop the
+    script on failure. An interrupted table restarts at the first step not done."""
+    if done.exists():
+        print(f"done already: {done.parent}", flush=True)
+        return float(json.loads(done.read_text())["wall"])
     print("$ " + shlex.join(cmd), flush=True)
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
     if proc.returncode != 0:
         sys.exit(f"command failed (exit {proc.returncode}); see {log}")
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps({"wall": wall, "command": shlex.join(["igldt", *cmd[3:]])}))
+    return wall
 
 
 def vals(run: Path) -> list[dict]:
@@ -61,7 +70,7 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
     folder.mkdir(parents=True, exist_ok=True)
     igldt = [sys.executable, "-m", "igldt.cli.main"]
     common = ["--preset", preset, "--device", device, "-o", f"train.seed={seed}",
-              *[a for o in overrides for a in ("-o", o)], "--exist-ok"]
+              "-o", f"train.val_every={VAL_EVERY}", *[a for o in overrides for a in ("-o", o)], "--exist-ok"]
     # CPS on the student's backbone: both networks of the pair are the student's spec.
     student_spec = json.dumps(dict(cfg.model.student))
     cps = ["-o", "model.teachers=dual", "-o", f"model.global_teacher={student_spec}",
@@ -72,12 +81,12 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
     for name in STAGES:
         stage = "teachers" if name == "cps" else name
         cmd = igldt + ["train", "--stage", stage, *common, "--out", str(out / f"seed{seed}" / name), *extra[name]]
-        times[name] = sh(cmd, folder / f"{name}.log")
+        times[name] = sh(cmd, folder / f"{name}.log", folder / name / DONE)
         commands.append(cmd)
     for name in ("supervised", "student"):
         cmd = igldt + ["evaluate", "--weights", str(out / f"seed{seed}" / name / "best.pt"), "--device", device,
                        "--out", str(out / f"seed{seed}" / name / "best.eval.json"), "--force"]
-        times[f"evaluate {name}"] = sh(cmd, folder / f"evaluate-{name}.log")
+        times[f"evaluate {name}"] = sh(cmd, folder / f"evaluate-{name}.log", folder / name / "evaluate.done.json")
         commands.append(cmd)
     (folder / TIMES).write_text(json.dumps({"times": times, "commands": [shlex.join(["igldt", *c[3:]]) for c in commands]},
                                            indent=1))
@@ -90,7 +99,8 @@ def collect(out: Path) -> dict[int, dict]:
         if not (folder / TIMES).exists():
             continue
         seed = int(folder.name[4:])
-        last = {s: (vals(folder / s) or [{}])[-1] for s in STAGES}
+        # The validation that chose best.pt (the highest score), for every stage alike.
+        last = {s: max(vals(folder / s) or [{}], key=lambda v: v.get("score", 0)) for s in STAGES}
         row = {"Sup-only": last["supervised"].get("miou_student"),
                "CPS (network 1)": last["cps"].get("miou_global"), "CPS (network 2)": last["cps"].get("miou_local"),
                "T_SU (global teacher)": last["teachers"].get("miou_global"),
@@ -162,7 +172,9 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path)
         "heads' initialisation and the data order: Sup-only and the student start from the same weights "
         "and see the same labelled batches.",
         "",
-        "CamVid val mIoU (%, 11 classes, void ignored, whole 360x480 images, final weights of each run):",
+        f"CamVid val mIoU (%, 11 classes, void ignored, whole 360x480 images). Every stage validates every "
+        f"{VAL_EVERY} iterations and keeps the best validation as best.pt (the same rule for every row); "
+        "the table shows that checkpoint:",
         "",
         *table,
         "",

@@ -43,9 +43,12 @@ def runs(tmp_path_factory):
 def test_each_stage_writes_export_ready_best_and_resumable_last(runs):
     base, _, out = runs
     sup, _ = load_model(base / "supervised" / "best.pt")
-    assert sup.arch["backbone"] == "resnet18"
+    assert sup.arch["backbone"] == "tf_efficientnet_lite0" and sup.arch["head"] == "separable"
     g, r, meta = load_teachers(base / "teachers" / "best.pt")
-    assert g.arch["backbone"] == "swin_nano" and r.arch["backbone"] == "resnet18" and len(meta["classes"]) == 7
+    assert g.arch["backbone"] == "tf_efficientnet_lite2" and g.arch["attention"] == 2
+    assert r.arch["backbone"] == "tf_efficientnet_lite2" and r.arch["attention"] == 0 and len(meta["classes"]) == 7
+    val = [r for r in read_metrics(base / "teachers" / "metrics.jsonl") if "val" in r][-1]["val"]
+    assert {"miou_global", "miou_local", "miou_ensemble"} <= set(val)
     student = load_checkpoint(base / "student" / "best.pt", kinds=("student",))
     assert {"arch", "state_dict", "classes", "palette", "mean", "std"} <= set(student)
     assert "teachers" not in student and "optimizer" not in student  # what export needs, nothing more
@@ -59,6 +62,18 @@ def test_each_stage_writes_export_ready_best_and_resumable_last(runs):
     assert [r["state"] for r in rec] == [1.0, 2.0] and "glo" in rec[0] and "loc" in rec[1]
     assert "igldt train --stage student --teachers" in out["teachers"][1]
     assert "igldt export --weights" in out["student"][1]
+
+
+def test_camvid_preset_trains_on_the_demo_models(runs, tmp_path):
+    """camvid-cpu builds the demo's networks (one recipe): a tiny supervised run of it on tiny data."""
+    from igldt.config import load_config
+    assert load_config("camvid-cpu")["model"] == load_config("demo")["model"]
+    _, root, _ = runs
+    args = [a if a != "demo" else "camvid-cpu" for a in opts(root)] + ["-o", "data.dataset=demo",
+                                                                          "-o", f"data.root={root}"]
+    code, text = invoke("--stage", "supervised", *args, "--out", tmp_path / "sup")
+    assert code == 0, text
+    assert load_model(tmp_path / "sup" / "best.pt")[1]["mean"] == [0.5, 0.5, 0.5]  # EfficientNet-Lite's input scaling
 
 
 def test_rerun_refuses_then_resume_extends(runs):
@@ -105,3 +120,35 @@ def test_demo_end_to_end(tmp_path):
         assert (out / "student.onnx").is_file() and any((out / "infer").rglob("*.mp4"))
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 2 and "--exist-ok" in again.output  # a second run never overwrites silently
+
+
+def test_cps_pair_is_symmetric():
+    """Two identical networks in the teachers stage get identical losses, gradients and updates: a
+    gap between the two teachers comes from their architectures or initialisations, not the code."""
+    import torch
+    from igldt.config import load_config
+    from igldt.models import build_role
+    from igldt.train.optim import build_optimizer, build_scheduler
+    from igldt.train.stages import TeachersStage
+    cfg = load_config("demo", ["model.teachers=dual-local", "model.local_teacher={backbone: resnet18}"])
+    g, r = build_role(cfg, "global_teacher", 5), build_role(cfg, "local_teacher", 5)
+    r.load_state_dict(g.state_dict())
+    for m in [*g.modules(), *r.modules()]:
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0  # dropout draws differ between the two forwards by design
+    stage = TeachersStage(cfg, g, r)
+    stage.train()
+    opt = build_optimizer(stage.param_groups(), cfg["train"])
+    sched = build_scheduler(opt, 4, 0.9)
+    gen = torch.Generator().manual_seed(0)
+    for t in (1, 2):
+        bl = {"image": torch.randn(2, 3, 32, 48, generator=gen), "mask": torch.randint(0, 5, (2, 32, 48), generator=gen)}
+        bu = {"image": torch.randn(2, 3, 32, 48, generator=gen)}
+        opt.zero_grad()
+        loss, terms = stage.step(bl, bu, t)
+        loss.backward()
+        assert float(terms["sup_g"]) == float(terms["sup_r"])
+        opt.step()
+        sched.step()
+    for (k, a), b in zip(g.state_dict().items(), r.state_dict().values()):
+        assert torch.equal(a, b), k

@@ -25,7 +25,7 @@ import numpy as np
 from .datasets import IGNORE, DataError, write_classes_yaml
 from .splits import make_split, write_split
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: labelled scenes cover clear days only (see `describe_scene`)
 MANIFEST = "manifest.json"
 VIDEO = "demo.mp4"
 DEMO_CLASSES = ["sky", "building", "road", "sidewalk", "tree", "car", "person"]
@@ -47,17 +47,27 @@ def _colour(rng: np.random.Generator, base: tuple[int, int, int], spread: float)
     return np.clip(np.asarray(base, np.float32) + rng.normal(0, spread, 3), 0, 255)
 
 
-def describe_scene(rng: np.random.Generator, h: int, w: int) -> dict[str, Any]:
-    """Random layout and appearance of one street scene (no pixels yet)."""
+# Weather and light of a scene: the labelled images are all "clear" (blue sky, daylight); unlabelled
+# and val images come in every condition. The unlabelled part then carries what the labels lack
+# (overcast skies as grey as buildings, sunsets, dim light), which is the situation semi-supervised
+# learning is for; with labels covering everything, a pretrained Sup-only network leaves it no room.
+CONDITIONS = ("clear", "any")
+
+
+def describe_scene(rng: np.random.Generator, h: int, w: int, condition: str = "any") -> dict[str, Any]:
+    """Random layout and appearance of one street scene (no pixels yet); `condition` "clear" keeps
+    to a blue sky in daylight, "any" draws blue, overcast or sunset skies under any light."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"condition must be one of {CONDITIONS}, got '{condition}'")
     horizon = rng.uniform(0.36, 0.5) * h
-    sky_kind = rng.integers(3)
+    sky_kind = rng.integers(3) if condition == "any" else 0
     sky = [(95, 150, 215), (170, 172, 178), (215, 160, 120)][sky_kind]
     scene: dict[str, Any] = {
         "horizon": horizon, "vx": rng.uniform(0.35, 0.65) * w, "road_half": rng.uniform(0.3, 0.5) * w,
         "sky": _colour(rng, sky, 12), "sky_top": _colour(rng, (40, 80, 160) if sky_kind == 0 else sky, 15),
         "road": _colour(rng, (rng.uniform(60, 140),) * 3, 5), "walk": _colour(rng, rng.choice([(170, 160, 140), (150, 120, 110), (130, 130, 135)]), 12),
         "lane": rng.random() < 0.7, "buildings": [], "trees": [], "cars": [], "people": [],
-        "gain": rng.uniform(0.7, 1.25), "shade": rng.uniform(-0.25, 0.25, 2), "noise": rng.uniform(3, 9),
+        "gain": rng.uniform(0.7, 1.25) if condition == "any" else rng.uniform(1.0, 1.25), "shade": rng.uniform(-0.25, 0.25, 2), "noise": rng.uniform(3, 9),
         "blur": rng.random() < 0.3,
     }
     x = -rng.uniform(0, 0.1) * w
@@ -249,20 +259,19 @@ def _generate(tmp: Path, p: dict[str, Any]) -> dict[str, Any]:
     h, w = p["size"]
     seed = p["seed"]
     counts = {"train": p["n_labelled_train"] + p["n_unlabelled_train"], "val": p["n_val"]}
-    ids: dict[str, list[str]] = {}
-    for code, (split, n) in enumerate(counts.items()):
+    ids = {split: [f"{split}_{i:04d}" for i in range(n)] for split, n in counts.items()}
+    labelled, unlabelled = make_split(ids["train"], count=p["n_labelled_train"], seed=seed)
+    clear = set(labelled)
+    for code, split in enumerate(counts):
         (tmp / "images" / split).mkdir(parents=True)
         (tmp / "masks" / split).mkdir(parents=True)
-        ids[split] = []
-        for i in range(n):
+        for i, name in enumerate(ids[split]):
             rng = np.random.default_rng([seed, code, i])  # one stream per image: stable under n changes
-            img, lbl = render(describe_scene(rng, h, w), rng, h, w)
-            name = f"{split}_{i:04d}"
+            scene = describe_scene(rng, h, w, "clear" if name in clear else "any")
+            img, lbl = render(scene, rng, h, w)
             cv2.imwrite(str(tmp / "images" / split / f"{name}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
             cv2.imwrite(str(tmp / "masks" / split / f"{name}.png"), lbl)
-            ids[split].append(name)
     write_classes_yaml(tmp / "classes.yaml", DEMO_CLASSES, DEMO_PALETTE, IGNORE)
-    labelled, unlabelled = make_split(ids["train"], count=p["n_labelled_train"], seed=seed)
     write_split(tmp / "splits", labelled, unlabelled)
     if p["video_frames"]:
         rng = np.random.default_rng([seed, 99])
@@ -285,7 +294,8 @@ def make_demo_dataset(root: str | Path, seed: int = 0, n_labelled_train: int = 1
     """Generate (or reuse) the demo dataset at `root`; returns `root`.
 
     Defaults: 64 train images (16 labelled by `splits/labeled.txt`, the same 16 that
-    `make_split(fraction=1/4, seed=0)` picks; all train masks are written so pseudo-labels can be
+    `make_split(fraction=1/4, seed=0)` picks, all of them clear-day scenes; the 48 others and the
+    val images in any weather and light; all train masks are written so pseudo-labels can be
     scored), 24 val images, 96x128, and a 48-frame `demo.mp4`. Takes about a second.
     """
     root = Path(root).expanduser()
