@@ -158,6 +158,7 @@ class LossConfig:
     threshold: float | None = None
     cps_weight: float = 1.5
     cps_rampup: int = 0
+    cps_warmup: int = 0
 
     @classmethod
     def from_cfg(cls, method) -> "LossConfig":
@@ -166,7 +167,7 @@ class LossConfig:
             raise ValueError(f"method.threshold={thr}: a confidence in [0, 1], or null for off")
         return cls(alpha=float(method["alpha"]), grid=int(method["grid"]), losses=enabled(method["losses"] or []),
                    threshold=None if thr is None else float(thr), cps_weight=float(method["cps_weight"]),
-                   cps_rampup=int(method.get("cps_rampup") or 0))
+                   cps_rampup=int(method.get("cps_rampup") or 0), cps_warmup=int(method.get("cps_warmup") or 0))
 
 
 def _zero(ref: torch.Tensor) -> torch.Tensor:
@@ -266,17 +267,22 @@ def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: to
     return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "cps": cps.detach(), "loss": loss.detach()}
 
 
-def cps_weight_at(iteration: int, weight: float, rampup: int = 0) -> float:
-    """The CPS weight lambda at iteration t: `weight` throughout when `rampup` is 0 (CPS, METHOD.md),
-    else the sigmoid ramp-up weight * exp(-5 (1 - t/rampup)^2) up to t = rampup (Laine & Aila 2017).
+def cps_weight_at(iteration: int, weight: float, rampup: int = 0, warmup: int = 0) -> float:
+    """The CPS weight lambda at iteration t: `weight` throughout when `rampup` and `warmup` are 0
+    (CPS, METHOD.md). `warmup` W: 0 for t <= W (the teachers learn from labels alone first), then
+    t counts from W. `rampup` R: the sigmoid ramp-up weight * exp(-5 (1 - t/R)^2) up to t = R
+    (Laine & Aila 2017).
 
-    Teachers trained from random weights (the CPU presets) give each other noise for pseudo-labels
-    at first; at full weight from t = 1 that noise outweighs the labels and the teachers end below
-    Sup-only. Pretrained teachers (the paper's presets) need no ramp.
+    Networks with new (random) heads give each other noise for pseudo-labels at first; weighted in
+    from t = 1, that noise outweighs the labels and the teachers end below Sup-only
+    (docs/results.md measures it on CamVid). The paper's presets keep the constant weight.
     """
-    if rampup <= 0 or iteration >= rampup:
+    t = iteration - max(warmup, 0)
+    if t <= 0 and warmup > 0:
+        return 0.0
+    if rampup <= 0 or t >= rampup:
         return weight
-    return weight * math.exp(-5.0 * (1.0 - max(iteration, 0) / rampup) ** 2)
+    return weight * math.exp(-5.0 * (1.0 - max(t, 0) / rampup) ** 2)
 
 
 def enabled(names: Iterable[str]) -> frozenset:

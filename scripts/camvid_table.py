@@ -31,8 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("supervised", "teachers", "student", "cps")
-TIMES = "times.json"  # per seed folder: {"times": {step: seconds}, "commands": [...]}
 DONE = "done.json"    # per finished step: {"wall": seconds, "command": ...}; a rerun skips the step
+EVAL_DONE = "evaluate.done.json"
 VAL_EVERY = 200       # every stage validates every 200 iterations; best.pt is the best of these
 
 
@@ -63,7 +63,8 @@ def vals(run: Path) -> list[dict]:
             if "val" in r]
 
 
-def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: str) -> None:
+def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: str, stages=STAGES,
+             teachers: str | None = None) -> None:
     from igldt.config import load_config
     cfg = load_config(preset, overrides)
     folder = REPO / out / f"seed{seed}"
@@ -76,41 +77,40 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
     cps = ["-o", "model.teachers=dual", "-o", f"model.global_teacher={student_spec}",
            "-o", f"model.local_teacher={student_spec}"]
     extra = {"supervised": [], "cps": cps, "teachers": [],
-             "student": ["--teachers", str(out / f"seed{seed}" / "teachers" / "best.pt")]}
-    times, commands = {}, []
-    for name in STAGES:
+             "student": ["--teachers", teachers or str(out / f"seed{seed}" / "teachers" / "best.pt")]}
+    for name in [s for s in STAGES if s in stages]:
         stage = "teachers" if name == "cps" else name
         cmd = igldt + ["train", "--stage", stage, *common, "--out", str(out / f"seed{seed}" / name), *extra[name]]
-        times[name] = sh(cmd, folder / f"{name}.log", folder / name / DONE)
-        commands.append(cmd)
-    for name in ("supervised", "student"):
+        sh(cmd, folder / f"{name}.log", folder / name / DONE)
+    for name in [s for s in ("supervised", "student") if s in stages]:
         cmd = igldt + ["evaluate", "--weights", str(out / f"seed{seed}" / name / "best.pt"), "--device", device,
                        "--out", str(out / f"seed{seed}" / name / "best.eval.json"), "--force"]
-        times[f"evaluate {name}"] = sh(cmd, folder / f"evaluate-{name}.log", folder / name / "evaluate.done.json")
-        commands.append(cmd)
-    (folder / TIMES).write_text(json.dumps({"times": times, "commands": [shlex.join(["igldt", *c[3:]]) for c in commands]},
-                                           indent=1))
+        sh(cmd, folder / f"evaluate-{name}.log", folder / name / EVAL_DONE)
 
 
 def collect(out: Path) -> dict[int, dict]:
-    """{seed: {"val": {row: mIoU}, "curves": ..., "eval": {...}, "times": ...}} for every finished seed."""
+    """{seed: {"val": {row: mIoU or None}, "eval": {...}, "times": {step: s}, "commands": [...]}} for every
+    seed whose Sup-only and student steps are done (teachers and CPS rows where they were run)."""
     found = {}
     for folder in sorted((REPO / out).glob("seed*")):
-        if not (folder / TIMES).exists():
+        done = {s: json.loads((folder / s / DONE).read_text()) for s in STAGES if (folder / s / DONE).exists()}
+        evals = {s: json.loads((folder / s / EVAL_DONE).read_text()) for s in ("supervised", "student")
+                 if (folder / s / EVAL_DONE).exists()}
+        if len(evals) < 2:
             continue
-        seed = int(folder.name[4:])
         # The validation that chose best.pt (the highest score), for every stage alike.
-        last = {s: max(vals(folder / s) or [{}], key=lambda v: v.get("score", 0)) for s in STAGES}
-        row = {"Sup-only": last["supervised"].get("miou_student"),
-               "CPS (network 1)": last["cps"].get("miou_global"), "CPS (network 2)": last["cps"].get("miou_local"),
-               "T_SU (global teacher)": last["teachers"].get("miou_global"),
-               "T_RU (local teacher)": last["teachers"].get("miou_local"),
-               "teachers' ensemble": last["teachers"].get("miou_ensemble"),
-               "IGL-DT student": last["student"].get("miou_student")}
-        found[seed] = {"val": row, "curves": {s: vals(folder / s) for s in STAGES},
-                       "eval": {s: json.loads((folder / s / "best.eval.json").read_text())
-                                for s in ("supervised", "student")},
-                       **json.loads((folder / TIMES).read_text())}
+        best = {s: max(vals(folder / s) or [{}], key=lambda v: v.get("score", 0)) for s in done}
+        get = lambda stage, key: best.get(stage, {}).get(key)
+        row = {"Sup-only": get("supervised", "miou_student"),
+               "CPS (network 1)": get("cps", "miou_global"), "CPS (network 2)": get("cps", "miou_local"),
+               "T_SU (global teacher)": get("teachers", "miou_global"),
+               "T_RU (local teacher)": get("teachers", "miou_local"),
+               "teachers' ensemble": get("teachers", "miou_ensemble"),
+               "IGL-DT student": get("student", "miou_student")}
+        steps = {**done, **{f"evaluate {s}": e for s, e in evals.items()}}
+        found[int(folder.name[4:])] = {
+            "val": row, "eval": {s: json.loads((folder / s / "best.eval.json").read_text()) for s in evals},
+            "times": {k: v["wall"] for k, v in steps.items()}, "commands": [v["command"] for v in steps.values()]}
     return found
 
 
@@ -145,7 +145,7 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path)
     for r in rows:
         vs = [found[s]["val"][r] for s in seeds]
         table.append(f"| {r} | {describe(backbone[r])} | " + " | ".join(pct(v) for v in vs) + f" | {stats(vs)} |")
-    gains = [found[s]["val"]["IGL-DT student"] - found[s]["val"]["Sup-only"] for s in seeds]
+    gains = [found[s]["val"]["IGL-DT student"] - found[s]["val"]["Sup-only"] for s in seeds]  # both always there
     table.append(f"| **student - Sup-only** | | " + " | ".join(f"{100 * g:+.2f}" for g in gains)
                  + f" | {stats(gains).replace('n/a', '')} |")
 
@@ -195,8 +195,9 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path)
         "",
         "| step | " + " | ".join(f"seed {s}" for s in seeds) + " |",
         "| --- |" + " --- |" * len(seeds),
-        *[f"| {k} | " + " | ".join(f"{found[s]['times'].get(k, 0) / 60:.1f} min" for s in seeds) + " |"
-          for k in first["times"]],
+        *[f"| {k} | " + " | ".join(f"{found[s]['times'][k] / 60:.1f} min" if k in found[s]["times"] else "-"
+                                   for s in seeds) + " |"
+          for k in dict.fromkeys(k for s in seeds for k in found[s]["times"])],
         "| **total** | " + " | ".join(f"**{walls[s]:.1f} min**" for s in seeds) + " |",
         "",
         f"Seed {seeds[0]}, as run (`python scripts/camvid_table.py --seeds {seeds[0]} --out {out}`):",
@@ -218,11 +219,15 @@ def main() -> None:
     ap.add_argument("--preset", default="camvid-cpu")
     ap.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES,
+                    help="run only these steps (the others must be done already for the report)")
+    ap.add_argument("--teachers", default=None,
+                    help="teachers checkpoint for the student step (default: the seed's own teachers run)")
     args = ap.parse_args()
     out = Path(args.out)
     if not args.report_only:
         for seed in args.seeds:
-            run_seed(seed, out, args.preset, args.overrides, args.device)
+            run_seed(seed, out, args.preset, args.overrides, args.device, args.stages, args.teachers)
     found = collect(out)
     if not found:
         sys.exit(f"no finished seed under {out}")

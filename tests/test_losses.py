@@ -217,3 +217,9 @@ def test_teacher_stage_uses_the_ramped_weight():
         lam = L.cps_weight_at(t, 1.5, 10)
         assert float(terms["lambda"]) == pytest.approx(lam)
         assert float(loss) == pytest.approx(float(terms["sup_g"] + terms["sup_r"] + lam * terms["cps"]), rel=1e-6)
+
+
+def test_cps_warmup_holds_lambda_at_zero_then_ramps():
+    assert [L.cps_weight_at(t, 1.5, 0, 3) for t in (1, 3, 4, 100)] == [0.0, 0.0, 1.5, 1.5]
+    assert L.cps_weight_at(3 + 50, 1.5, 100, 3) == pytest.approx(L.cps_weight_at(50, 1.5, 100))
+    assert L.cps_weight_at(2, 1.5, 100, 3) == 0.0

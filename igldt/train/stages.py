@@ -179,10 +179,15 @@ class TeachersStage(Stage):
 
     def step(self, batch_l, batch_u, iteration):
         n = batch_l["image"].shape[0]
+        lam = L.cps_weight_at(iteration, self.opts.cps_weight, self.opts.cps_rampup, self.opts.cps_warmup)
+        if lam == 0.0:  # labelled-only warm-up (method.cps_warmup): an unlabelled forward would add nothing
+            g_l, r_l = self.run["teachers"](batch_l["image"])
+            sup_g, sup_r = L.supervised_ce(g_l["logits"], batch_l["mask"]), L.supervised_ce(r_l["logits"], batch_l["mask"])
+            loss = sup_g + sup_r
+            return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "loss": loss.detach(), "lambda": torch.tensor(0.0)}
         # One forward per teacher over labelled + unlabelled: one graph per step, as DDP expects.
         g, r = self.run["teachers"](torch.cat([batch_l["image"], batch_u["image"]]))
         (g_l, g_u), (r_l, r_u) = _split(g, n), _split(r, n)
-        lam = L.cps_weight_at(iteration, self.opts.cps_weight, self.opts.cps_rampup)
         loss, terms = L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], g_u["logits"], r_u["logits"],
                                  lam, batch_u.get("valid"))
         return loss, {**terms, "lambda": torch.tensor(lam)}
