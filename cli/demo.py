@@ -94,10 +94,14 @@ def demo(out: Path, overrides, device: str, exist_ok: bool, skip_deploy: bool) -
     rows = [("Sup-only (student net, labelled only)", results["supervised"].history, "miou_student"),
             ("CPS teacher T_SU (global)", results["teachers"].history, "miou_global"),
             ("CPS teacher T_RU (local)", results["teachers"].history, "miou_local"),
+            ("teachers' ensemble", results["teachers"].history, "miou_ensemble"),
             ("IGL-DT student", results["student"].history, "miou_student")]
-    for name, history, key in rows:
-        best = max((h[key] for h in history if key in h), default=None)
-        click.echo(f"  {name:<40} {'n/a' if best is None else f'{100 * best:6.2f}'}")
+    best = {name: max((h[key] for h in history if key in h), default=None) for name, history, key in rows}
+    for name, v in best.items():
+        click.echo(f"  {name:<40} {'n/a' if v is None else f'{100 * v:6.2f}'}")
+    sup, stu = best[rows[0][0]], best[rows[-1][0]]
+    if sup is not None and stu is not None:
+        click.echo(f"  {'student - Sup-only':<40} {100 * (stu - sup):+6.2f}")
     click.echo("  (the best of each run's validations; the student and Sup-only share one architecture)")
     click.secho("\nTimes", bold=True)
     for k, v in times.items():

@@ -92,18 +92,23 @@ def test_train_step_and_param_groups():
     opt.step()
 
 
+# The random-init CPU roles of earlier presets: small, fast, and one Swin among them.
+SMALL_ROLES = ["model.student={backbone: resnet18}", "model.global_teacher={backbone: swin_nano}",
+               "model.local_teacher={backbone: resnet18}"]
+
+
 def test_roles_and_teacher_ablations():
-    cfg = load_config("demo")
+    cfg = load_config("demo", SMALL_ROLES)
     assert role_spec(cfg, "student")["backbone"] == "resnet18"
     assert teacher_backbones(cfg) == {"global": dict(cfg["model"]["global_teacher"]),
                                       "local": dict(cfg["model"]["local_teacher"])}
-    g = load_config("demo", ["model.teachers=dual-global"])
+    g = load_config("demo", SMALL_ROLES + ["model.teachers=dual-global"])
     assert {s["backbone"] for s in teacher_backbones(g).values()} == {"swin_nano"}
-    l = load_config("demo", ["model.teachers=dual-local"])
+    l = load_config("demo", SMALL_ROLES + ["model.teachers=dual-local"])
     assert {s["backbone"] for s in teacher_backbones(l).values()} == {"resnet18"}
     assert role_spec(l, "global_teacher")["backbone"] == "resnet18"
     with pytest.raises(ValueError, match="model.teachers"):
-        teacher_backbones(load_config("demo", ["model.teachers=triple"]))
+        teacher_backbones(load_config("demo", SMALL_ROLES + ["model.teachers=triple"]))
     with pytest.raises(ValueError, match="role"):
         role_spec(cfg, "teacher")
     student = build_role(cfg, "student", 6)

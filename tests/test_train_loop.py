@@ -71,7 +71,8 @@ def config(**train):
     base = {"iters": 6, "log_every": 1, "val_every": 0, "amp": "off", "channels_last": False, "lr": 0.05,
             "head_lr_mult": 2.0, "max_nonfinite": 3}
     base.update(train)
-    return load_config("demo", [f"train.{k}={v}" for k, v in base.items()] + ["method.grid=2"])
+    # CPS from the first iteration (no warm-up) so that a few steps exercise every term
+    return load_config("demo", [f"train.{k}={v}" for k, v in base.items()] + ["method.grid=2", "method.cps_warmup=0"])
 
 
 def student_stage(cfg, student_seed=0):
