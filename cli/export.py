@@ -1,6 +1,8 @@
 """`igldt export`: a trained student -> ONNX (fp32/fp16/int8) or a TensorRT engine, with metadata."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from .common import hint
@@ -35,6 +37,9 @@ def export(weights, fmt, precision, calib, calib_count, calib_method, imgsz, dyn
     from igldt.export.pipeline import run_export
     from igldt.runtime.errors import DeployError
 
+    # User paths are resolved once, here: the quantiser works in a temporary folder, where a
+    # relative --calib would point nowhere.
+    calib = str(Path(calib).expanduser().resolve()) if calib else None
     try:
         r = run_export(weights, fmt, precision, calib=calib, imgsz=tuple(imgsz) if imgsz else None, dynamic=dynamic,
                        output=output, bake_preprocess=bake_preprocess, force=force, out=out, calib_count=calib_count,
