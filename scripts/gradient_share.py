@@ -23,7 +23,7 @@ ckpt = args.student
 cfg = load_config(args.preset, ["data.workers=0", *args.overrides])
 g, r, _ = load_teachers(args.teachers)
 g, r = Frozen(g), Frozen(r)
-s = build_role(cfg, "student", g.num_classes)
+s = build_role(cfg, "student", g.model.num_classes)
 if ckpt:
     from igldt.checkpoint import load_model
     s = load_model(ckpt)[0]
