@@ -178,6 +178,11 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path)
         "",
         *table,
         "",
+        f"Every checkpoint stays in its run folder (`{out}/seed<S>/<step>/best.pt`; the teachers' file holds "
+        "both teachers), so any row can be scored on other data, e.g. "
+        f"`igldt evaluate --weights {out}/seed{seeds[0]}/student/best.pt --data ROOT --dataset camvid --split test`. "
+        "Why the student does not beat Sup-only here, with figures: [experiments.md](experiments.md).",
+        "",
         "Per-class IoU (%), mean over the seeds, from `igldt evaluate` on each best.pt:",
         "",
         *per_class,
