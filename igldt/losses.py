@@ -253,15 +253,20 @@ def total_loss(iteration: int, s_l: dict, t_su_l: dict, t_ru_l: dict, target: to
     return loss, {**terms, **terms_u, "state": torch.tensor(float(swap_state(iteration))), "loss": loss.detach()}
 
 
-def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: torch.Tensor, r_u: torch.Tensor,
-             weight: float = 1.5, valid_u: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: torch.Tensor | None,
+             r_u: torch.Tensor | None, weight: float = 1.5, valid_u: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict]:
     """Stage 1 (CPS, Chen et al. 2021): CE on labelled images for both teachers, plus `weight` (lambda)
     times each teacher's CE against the other's hard prediction on unlabelled images.
 
     `g_*` / `r_*`: logits of the global (T_SU) and local (T_RU) teacher on labelled / unlabelled images;
-    `valid_u`: False on unlabelled crop padding (excluded).
+    `valid_u`: False on unlabelled crop padding (excluded). Without unlabelled logits (`g_u`, `r_u`
+    None: the warm-up of `method.cps_warmup`) the loss is the two labelled CE terms alone.
     """
     sup_g, sup_r = supervised_ce(g_l, target), supervised_ce(r_l, target)
+    if g_u is None or r_u is None:
+        loss = sup_g + sup_r
+        return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "loss": loss.detach()}
     cps = pseudo_label_ce(g_u, r_u, valid=valid_u) + pseudo_label_ce(r_u, g_u, valid=valid_u)
     loss = sup_g + sup_r + weight * cps
     return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "cps": cps.detach(), "loss": loss.detach()}

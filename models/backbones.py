@@ -87,13 +87,16 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def _hub_unavailable(spec: BackboneSpec, host: str | None) -> str | None:
+NO_HUB_WEIGHTS = "timm has no pretrained weights for it"
+
+
+def _hub_unavailable(host: str | None) -> str | None:
     """Why timm's hub download cannot work right now (None when it may): fail in seconds, not
     after the hub client's minute of retries."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return "HF_HUB_OFFLINE is set and they are not cached"
     if host is None:
-        return "timm has no pretrained weights for it"
+        return NO_HUB_WEIGHTS
     if not _reachable(host):
         return f"{host} unreachable and not cached"
     return None
@@ -121,13 +124,12 @@ def create_features(spec: BackboneSpec, output_stride: int, pretrained: bool,
                 f"backbone '{spec.name}' is a narrow variant with no published weights; "
                 f"use pretrained=false (or weights=PATH to your own)")
         host, cached = _pretrained_source(spec.arch)
-        why = None if cached else _hub_unavailable(spec, host)
+        why = None if cached else _hub_unavailable(host)
         if why and has_package(spec.arch):
             package, pretrained = package_weights_path(spec.arch), False
             log.info("backbone '%s': %s; ImageNet weights from the installed package %s", spec.name, why, package)
-        elif why and host is None and not why.startswith("HF_HUB_OFFLINE"):
-            raise PretrainedWeightsError(f"backbone '{spec.name}': timm has no pretrained weights for it; "
-                                         f"pass weights=PATH or pretrained=false")
+        elif why == NO_HUB_WEIGHTS:
+            raise PretrainedWeightsError(f"backbone '{spec.name}': {NO_HUB_WEIGHTS}; pass weights=PATH or pretrained=false")
         elif why:
             raise _offline_error(spec.name, why)
 

@@ -20,7 +20,7 @@ import torch
 from igldt.checkpoint import load_model, load_teachers
 from igldt.data.loaders import train_datasets
 from igldt.metrics import ConfusionMatrix
-from igldt.train.stages import Ensemble
+from igldt.train.stages import ensemble_logits
 
 THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)
 
@@ -36,10 +36,10 @@ def main() -> None:
     g, r, meta = load_teachers(args.teachers)
     cfg = meta["config"]
     _, unlabelled = train_datasets(cfg)
-    models = {"global teacher": g, "local teacher": r, "ensemble": Ensemble(g, r)}
-    models.update({p: load_model(p)[0] for p in args.compare})
+    compare = {p: load_model(p)[0].eval() for p in args.compare}
+    names = ["global teacher", "local teacher", "ensemble", *compare]
     n = len(meta["classes"])
-    mats = {k: ConfusionMatrix(n) for k in models}
+    mats = {k: ConfusionMatrix(n) for k in names}
     kept = {t: ConfusionMatrix(n) for t in THRESHOLDS}
     total = 0
     mean = torch.tensor(cfg["data"]["mean"]).view(1, 3, 1, 1)
@@ -51,16 +51,17 @@ def main() -> None:
             if mask is None:
                 raise SystemExit(f"unlabelled item {i} has no mask: this dataset cannot score pseudo-labels")
             x = (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255 - mean) / std
-            for k, m in models.items():
-                logits = m.eval()(x)["logits"][0]
-                mats[k].update(logits.argmax(0).numpy(), mask)
-                if k == "ensemble":
-                    conf, label = logits.float().softmax(0).max(0)
-                    valid = mask != mats[k].ignore_index
-                    total += int(valid.sum())
-                    for t in THRESHOLDS:
-                        keep = (conf.numpy() >= t) & valid
-                        kept[t].update(label.numpy()[keep], mask[keep])
+            lg, lr = g.eval()(x)["logits"], r.eval()(x)["logits"]  # each teacher once; the ensemble from both
+            logits = {"global teacher": lg, "local teacher": lr, "ensemble": ensemble_logits(lg, lr),
+                      **{k: m(x)["logits"] for k, m in compare.items()}}
+            for k, lo in logits.items():
+                mats[k].update(lo[0].argmax(0).numpy(), mask)
+            conf, label = logits["ensemble"][0].softmax(0).max(0)
+            valid = mask != mats["ensemble"].ignore_index
+            total += int(valid.sum())
+            for t in THRESHOLDS:
+                keep = (conf.numpy() >= t) & valid
+                kept[t].update(label.numpy()[keep], mask[keep])
     rows = {k: {"miou": float(np.nanmean(c.iou())), "pixel_acc": float(np.trace(c.matrix) / max(c.matrix.sum(), 1))}
             for k, c in mats.items()}
     thr = {t: {"coverage": float(c.matrix.sum() / max(total, 1)), "pixel_acc": float(np.trace(c.matrix) / max(c.matrix.sum(), 1))}

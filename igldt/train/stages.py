@@ -48,17 +48,21 @@ class Frozen(nn.Module):
             return self.model(x)
 
 
+def ensemble_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two segmenters' class probabilities averaged, returned as log-probabilities (so argmax and
+    softmax read them as logits)."""
+    return ((a.float().softmax(1) + b.float().softmax(1)) / 2).clamp_min(1e-12).log()
+
+
 class Ensemble(nn.Module):
-    """Two segmenters' class probabilities averaged (returned as log-probabilities, so argmax and
-    softmax read as logits): what the teachers predict together, measured before the student stage."""
+    """What the teachers predict together (`ensemble_logits`), measured before the student stage."""
 
     def __init__(self, a: nn.Module, b: nn.Module):
         super().__init__()
         self.a, self.b = a, b
 
     def forward(self, x: torch.Tensor) -> Outputs:
-        pa, pb = self.a(x)["logits"].float().softmax(1), self.b(x)["logits"].float().softmax(1)
-        return {"logits": ((pa + pb) / 2).clamp_min(1e-12).log()}
+        return {"logits": ensemble_logits(self.a(x)["logits"], self.b(x)["logits"])}
 
 
 class TeacherPair(nn.Module):
@@ -182,9 +186,8 @@ class TeachersStage(Stage):
         lam = L.cps_weight_at(iteration, self.opts.cps_weight, self.opts.cps_rampup, self.opts.cps_warmup)
         if lam == 0.0:  # labelled-only warm-up (method.cps_warmup): an unlabelled forward would add nothing
             g_l, r_l = self.run["teachers"](batch_l["image"])
-            sup_g, sup_r = L.supervised_ce(g_l["logits"], batch_l["mask"]), L.supervised_ce(r_l["logits"], batch_l["mask"])
-            loss = sup_g + sup_r
-            return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "loss": loss.detach(), "lambda": torch.tensor(0.0)}
+            loss, terms = L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], None, None, lam)
+            return loss, {**terms, "lambda": torch.tensor(lam)}
         # One forward per teacher over labelled + unlabelled: one graph per step, as DDP expects.
         g, r = self.run["teachers"](torch.cat([batch_l["image"], batch_u["image"]]))
         (g_l, g_u), (r_l, r_u) = _split(g, n), _split(r, n)
