@@ -1,4 +1,4 @@
-"""`igldt evaluate`: mIoU of a checkpoint on a labelled split, per-class table, JSON report.
+"""`igldt evaluate`: mIoU of a checkpoint on a labelled split, per-class table, JSON report, figures.
 
 Built around a generic `predict(image RGB uint8) -> HxW labels` callable scored by
 `igldt.metrics.evaluate_predictor`, so other backends (an ONNX / TensorRT `--engine`, a
@@ -53,27 +53,43 @@ def check_writable(out: Path, force: bool) -> None:
 
 
 def score(predict: Callable[[np.ndarray], np.ndarray], ds: Any, classes: Sequence[str], *,
-          center_crop: Sequence[int] | None = None, limit: int | None = None) -> tuple[dict, Any]:
+          center_crop: Sequence[int] | None = None, limit: int | None = None,
+          observe: Callable | None = None) -> tuple[dict, Any]:
     """(report, ConfusionMatrix) of `predict` over `ds` with a progress bar; any backend."""
     from tqdm import tqdm
 
-    from igldt.metrics import evaluate_predictor
+    from igldt.metrics import evaluate_predictor, scored_count
 
-    total = len(ds) if limit is None else min(limit, len(ds))
-    with tqdm(total=total, desc="evaluate", unit="img", file=sys.stderr, leave=False,
+    with tqdm(total=scored_count(ds, limit), desc="evaluate", unit="img", file=sys.stderr, leave=False,
               disable=not sys.stderr.isatty()) as bar:
-        return evaluate_predictor(predict, ds, num_classes=len(classes), classes=classes,
-                                  center_crop=center_crop, limit=limit, progress=lambda i, n: bar.update(1))
+        return evaluate_predictor(predict, ds, num_classes=len(classes), classes=classes, center_crop=center_crop,
+                                  limit=limit, progress=lambda i, n: bar.update(1), observe=observe)
+
+
+def sample_keeper(ds: Any, limit: int | None, samples: int):
+    from igldt.figures import SampleKeeper
+    from igldt.metrics import scored_count
+
+    return SampleKeeper(samples, scored_count(ds, limit))
+
+
+def write_report_figures(out: Path, cm: Any, keeper: Any, classes: Sequence[str], palette: Any) -> None:
+    """<report>.confusion.png and <report>.samples.png beside the JSON report."""
+    from igldt.figures import figure_paths, write_figures
+
+    written = write_figures(cm, keeper.samples, classes, palette, *figure_paths(out))
+    click.echo(f"figures: {', '.join(map(str, written))}")
 
 
 def evaluate_engine(engine: Path, reference: Path | None, data, dataset, split, mode, device: str,
-                    limit: int | None, tolerance: float | None, out: Path | None, force: bool) -> None:
+                    limit: int | None, tolerance: float | None, out: Path | None, force: bool, samples: int) -> None:
     """--engine [--reference]: score an exported artefact (and its reference) with the deployment runtime.
     Torch-free unless one of them is a .pt; the comparison itself lives in igldt.export.parity."""
     from tqdm import tqdm
 
     from igldt.data import DataError, build_dataset
     from igldt.export.parity import compare, format_report
+    from igldt.metrics import ConfusionMatrix, scored_count
     from igldt.runtime import DeployError, Predictor
 
     if mode not in (None, "whole"):
@@ -92,11 +108,12 @@ def evaluate_engine(engine: Path, reference: Path | None, data, dataset, split, 
         ds = build_dataset(name, root, split)
     except (DataError, OSError) as e:
         raise click.UsageError(f"--data {root} --dataset {name} --split {split}: {e}") from None
-    total = len(ds) if limit is None else min(limit, len(ds))
+    keep = sample_keeper(ds, limit, samples)
     try:
-        with tqdm(total=total, desc="evaluate", unit="img", file=sys.stderr, leave=False,
+        with tqdm(total=scored_count(ds, limit), desc="evaluate", unit="img", file=sys.stderr, leave=False,
                   disable=not sys.stderr.isatty()) as bar:
-            r = compare(eng, ref, ds, limit=limit, tolerance=tolerance, progress=lambda i, n: bar.update(1))
+            r = compare(eng, ref, ds, limit=limit, tolerance=tolerance, progress=lambda i, n: bar.update(1),
+                        observe=keep)
     except (DeployError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     r.update(dataset=name, data=root, split=split, mode="whole")
@@ -105,6 +122,7 @@ def evaluate_engine(engine: Path, reference: Path | None, data, dataset, split, 
     click.echo(format_report(r))
     write_json_atomic(out, r)
     click.echo(f"report: {out}")
+    write_report_figures(out, ConfusionMatrix.from_counts(r["engine"]["confusion"]), keep, r["classes"], eng.palette)
     if ref is not None and not r["passed"]:
         raise click.exceptions.Exit(1)
 
@@ -134,11 +152,15 @@ def evaluate_engine(engine: Path, reference: Path | None, data, dataset, split, 
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON report. Default: beside the weights, <stem>.eval-<dataset>-<split>-<mode>.json.")
 @click.option("--force", is_flag=True, help="Overwrite an existing report.")
+@click.option("--samples", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Images drawn in <report>.samples.png (image, ground truth, prediction, errors), spread over "
+                   "the split; 0: none. <report>.confusion.png is always written.")
 def evaluate(weights: Path | None, engine: Path | None, reference: Path | None, tolerance: float | None,
              data: str | None, dataset: str | None, split: str | None, mode: str | None,
              crop: tuple[int, int] | None, stride: tuple[int, int] | None, device: str, amp: str,
-             limit: int | None, out: Path | None, force: bool) -> None:
-    """Score a checkpoint on a labelled split: per-class IoU table, mIoU, JSON report.
+             limit: int | None, out: Path | None, force: bool, samples: int) -> None:
+    """Score a checkpoint on a labelled split: per-class IoU table, mIoU, JSON report, and beside it
+    <report>.confusion.png (row-normalised confusion matrix) and <report>.samples.png (sample predictions).
 
     \b
     igldt evaluate --weights runs/student/best.pt
@@ -149,7 +171,8 @@ def evaluate(weights: Path | None, engine: Path | None, reference: Path | None, 
     if engine is not None:
         if weights is not None:
             raise click.UsageError("give either --weights or --engine (use --reference for the checkpoint)")
-        return evaluate_engine(engine, reference, data, dataset, split, mode, device, limit, tolerance, out, force)
+        return evaluate_engine(engine, reference, data, dataset, split, mode, device, limit, tolerance, out, force,
+                               samples)
     if reference is not None or tolerance is not None:
         raise click.UsageError("--reference/--tolerance go with --engine ARTEFACT")
     if weights is None:
@@ -182,8 +205,10 @@ def evaluate(weights: Path | None, engine: Path | None, reference: Path | None, 
                     fg="yellow", err=True)
 
     predict = make_predictor(model, meta["mean"], meta["std"], mode, crop_l, stride_l, dev, amp)
+    keep = sample_keeper(ds, limit, samples)
     try:
-        report, cm = score(predict, ds, classes, center_crop=crop_l if mode == "center" else None, limit=limit)
+        report, cm = score(predict, ds, classes, center_crop=crop_l if mode == "center" else None, limit=limit,
+                           observe=keep)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     if mode == "slide" and stride_l is None:
@@ -199,3 +224,5 @@ def evaluate(weights: Path | None, engine: Path | None, reference: Path | None, 
     click.echo(f"{report['images']} images in {report['seconds']:.1f} s")
     write_json_atomic(out, report)
     click.echo(f"report: {out}")
+    palette = meta.get("palette")
+    write_report_figures(out, cm, keep, classes, ds.palette if palette is None else palette)

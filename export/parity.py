@@ -28,9 +28,11 @@ def _labels_and_logits(pred, image, name, want_logits: bool):
 
 
 def compare(engine, reference, dataset, *, limit: int | None = None, tolerance: float | None = None,
-            progress: Callable[[int, int], None] | None = None) -> dict:
-    """Score `engine` (and `reference`, a Predictor or None) on `dataset` (load_image/load_mask/classes)."""
-    from igldt.metrics import ConfusionMatrix
+            progress: Callable[[int, int], None] | None = None,
+            observe: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None) -> dict:
+    """Score `engine` (and `reference`, a Predictor or None) on `dataset` (load_image/load_mask/classes).
+    `observe(i, image, mask, engine_labels)` sees each item (e.g. an `igldt.figures.SampleKeeper`)."""
+    from igldt.metrics import ConfusionMatrix, scored_count
 
     classes = list(engine.classes or getattr(dataset, "classes", []))
     n = len(classes)
@@ -44,12 +46,14 @@ def compare(engine, reference, dataset, *, limit: int | None = None, tolerance: 
     cm_e, cm_r = ConfusionMatrix(n), ConfusionMatrix(n) if reference is not None else None
     same = total_px = 0
     max_diff = 0.0
-    total = len(dataset) if limit is None else min(limit, len(dataset))
+    total = scored_count(dataset, limit)
     for i in range(total):
         image, mask = dataset.load_image(i), dataset.load_mask(i)
         name = str(dataset.items[i].image) if hasattr(dataset, "items") else f"item {i}"
         le, ge = _labels_and_logits(engine, image, name, both_logits)
         cm_e.update(le, mask)
+        if observe is not None:
+            observe(i, image, mask, le)
         if reference is not None:
             lr, gr = _labels_and_logits(reference, image, name, both_logits)
             cm_r.update(lr, mask)

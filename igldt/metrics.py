@@ -29,6 +29,16 @@ class ConfusionMatrix:
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
 
+    @classmethod
+    def from_counts(cls, counts, ignore_index: int = IGNORE) -> "ConfusionMatrix":
+        """A matrix rebuilt from its pixel counts (e.g. a report's `confusion`)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+            raise ValueError(f"confusion counts must be a square matrix, got shape {counts.shape}")
+        cm = cls(counts.shape[0], ignore_index)
+        cm.merge(counts)
+        return cm
+
     def reset(self) -> None:
         self.matrix[:] = 0
 
@@ -100,7 +110,8 @@ class ConfusionMatrix:
         return "\n".join(lines)
 
     def to_dict(self, classes: Sequence[str] | None = None) -> dict:
-        """JSON-ready: fractions in [0, 1]; NaN (class absent) written as None."""
+        """JSON-ready: fractions in [0, 1]; NaN (class absent) written as None; `confusion` is the
+        matrix itself (pixel counts, row = ground truth), so a report can be redrawn or re-scored."""
         names = self._names(classes)
 
         def num(v: float) -> float | None:
@@ -109,7 +120,7 @@ class ConfusionMatrix:
         return {"miou": num(self.miou()), "pixel_accuracy": num(self.pixel_accuracy()),
                 "iou": {n: num(v) for n, v in zip(names, self.iou())},
                 "accuracy": {n: num(v) for n, v in zip(names, self.class_accuracy())},
-                "pixels": int(self.matrix.sum()), "classes": names}
+                "pixels": int(self.matrix.sum()), "classes": names, "confusion": self.matrix.tolist()}
 
 
 def center_box(h: int, w: int, crop: Sequence[int]) -> tuple[int, int, int, int]:
@@ -119,16 +130,24 @@ def center_box(h: int, w: int, crop: Sequence[int]) -> tuple[int, int, int, int]
     return y0, x0, y0 + ch, x0 + cw
 
 
+def scored_count(dataset: Any, limit: int | None) -> int:
+    """How many items an evaluation with `limit` scores: the first `limit`, or all."""
+    return len(dataset) if limit is None else min(limit, len(dataset))
+
+
 def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], dataset: Any, *,
                        num_classes: int | None = None, classes: Sequence[str] | None = None,
                        center_crop: Sequence[int] | None = None, limit: int | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> tuple[dict, ConfusionMatrix]:
+                       progress: Callable[[int, int], None] | None = None,
+                       observe: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None
+                       ) -> tuple[dict, ConfusionMatrix]:
     """Score `predict(image HxWx3 uint8 RGB) -> HxW labels` over a labelled dataset.
 
     `dataset` needs `len()`, `load_image(i)`, `load_mask(i)` (ignore = 255) and `classes`
     (a `SegDataset`). With `center_crop=(H, W)` image and mask are both cut to the centred window
     first (the "center" evaluation mode); whole-image and sliding-window inference are the
-    predictor's business. Returns (report dict, confusion matrix).
+    predictor's business. `observe(i, image, mask, labels)` sees each scored item (e.g. an
+    `igldt.figures.SampleKeeper`). Returns (report dict, confusion matrix).
     """
     classes = list(classes if classes is not None else getattr(dataset, "classes", []) or [])
     n = num_classes or len(classes)
@@ -137,7 +156,7 @@ def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], dataset: Any
     if classes and len(classes) != n:
         raise ValueError(f"dataset has {len(classes)} classes but the model predicts {n}; wrong dataset or weights?")
     cm = ConfusionMatrix(n, IGNORE)
-    total = len(dataset) if limit is None else min(limit, len(dataset))
+    total = scored_count(dataset, limit)
     start = time.perf_counter()
     for i in range(total):
         image, mask = dataset.load_image(i), dataset.load_mask(i)
@@ -152,6 +171,8 @@ def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], dataset: Any
         if labels.shape != mask.shape:
             raise ValueError(f"item {i}: predictor returned {labels.shape} for a {mask.shape} mask")
         cm.update(labels, mask)
+        if observe is not None:
+            observe(i, image, mask, labels)
         if progress is not None:
             progress(i + 1, total)
     seconds = time.perf_counter() - start

@@ -1,5 +1,5 @@
 """The PASCAL VOC bit-interleaved colour map: distinct, deterministic colours for class ids.
-numpy only, shared by the datasets (default colours) and the torch-free runtime (overlays)."""
+numpy only, shared by the datasets (default colours), the torch-free runtime (overlays) and the figures."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,3 +17,10 @@ def voc_palette(n: int = 256) -> np.ndarray:
             c >>= 3
         pal[i] = (r, g, b)
     return pal
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """HxW ids -> HxWx3 RGB; ids beyond the palette (e.g. 255 ignore) are black."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[: min(len(palette), 256)] = np.asarray(palette, np.uint8)[:256]
+    return lut[labels]

@@ -110,6 +110,19 @@ def test_evaluate_report_and_modes():
         evaluate(model, ds, MEAN, STD, mode="slide")
 
 
+def test_evaluate_draws_figures_from_the_same_pass(tmp_path):
+    """What validation in `igldt train` calls: confusion.png and samples.png into the run folder."""
+    model, ds = Pointwise(), _Data(n=5)
+    report = evaluate(model, ds, MEAN, STD, figures=tmp_path, samples=3)
+    files = ["confusion.png", "samples.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+    assert np.asarray(report["confusion"]).sum() == report["pixels"] == 5 * 30 * 40  # the matrix scored
+    grid = cv2.imread(str(tmp_path / "samples.png"))
+    again = evaluate(model, ds, MEAN, STD, figures=tmp_path, samples=1)  # overwritten, not added to
+    assert again["miou"] == report["miou"] and sorted(p.name for p in tmp_path.iterdir()) == files
+    assert cv2.imread(str(tmp_path / "samples.png")).shape[0] < grid.shape[0] / 2  # one row instead of three
+
+
 def _folder_dataset(root, n=2, h=36, w=52):
     from igldt.data import write_classes_yaml
 
@@ -141,6 +154,10 @@ def test_evaluate_cli(tmp_path, r18):
     report = json.loads(report_path.read_text())
     assert report["images"] == 2 and report["pixels"] == 2 * 33 * 52 and report["engine"] == "torch"
     assert report["arch"]["backbone"] == "resnet18" and set(report["iou"]) == {"sky", "road", "car"}
+    confusion = cv2.imread(str(tmp_path / "run" / "student.eval-folder-val-whole.confusion.png"))
+    samples = cv2.imread(str(tmp_path / "run" / "student.eval-folder-val-whole.samples.png"))
+    assert confusion is not None and samples is not None and "figures:" in res.output
+    assert samples.shape[0] > 2 * 36 * 320 // 52  # both images (fewer than the default 4), a row each
 
     again = runner.invoke(cli, ["evaluate", "--weights", str(weights), "--device", "cpu"])
     assert again.exit_code != 0 and "already exists" in again.output and "--force" in again.output
@@ -148,9 +165,12 @@ def test_evaluate_cli(tmp_path, r18):
     out = tmp_path / "slide.json"
     res = runner.invoke(cli, ["evaluate", "--weights", str(weights), "--data", str(data), "--dataset", "folder",
                               "--split", "val", "--mode", "slide", "--crop", "32", "32", "--stride", "16", "16",
-                              "--out", str(out), "--device", "cpu"])
+                              "--out", str(out), "--device", "cpu", "--samples", "0"])
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["stride"] == [16, 16]
+    assert (tmp_path / "slide.confusion.png").is_file() and not (tmp_path / "slide.samples.png").exists()
+    res = runner.invoke(cli, ["evaluate", "--weights", str(weights), "--samples", "-1"])
+    assert res.exit_code != 0 and "--samples" in res.output
 
     res = runner.invoke(cli, ["evaluate", "--weights", str(weights), "--mode", "center", "--force"])
     assert res.exit_code != 0 and "--crop" in res.output
