@@ -5,11 +5,15 @@ numpy, OpenCV and an inference engine.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from .common import hint
+
+
+VIDEO_CODECS = {"avc1": "H.264 (avc1)", "H264": "H.264", "X264": "H.264", "mp4v": "mp4v (not for browsers)"}
 
 
 def increment_path(path: Path, exist_ok: bool = False) -> Path:
@@ -31,7 +35,8 @@ def increment_path(path: Path, exist_ok: bool = False) -> Path:
 @click.option("--save-masks", is_flag=True, help="Label PNGs (palette-indexed: pixel = class id).")
 @click.option("--raw-ids", is_flag=True, help="With --save-masks: plain grayscale ids instead of a palette PNG.")
 @click.option("--save-overlay", is_flag=True, help="Colour overlays (JPEG).")
-@click.option("--save-video", is_flag=True, help="Annotated MP4 at the source frame rate (video / camera / stream).")
+@click.option("--save-video", is_flag=True, help="Annotated MP4 at the source frame rate (video / camera / stream); "
+                                                 "H.264 where this OpenCV can encode it, else mp4v.")
 @click.option("--show", is_flag=True, help="Show results in a window (needs a display).")
 @click.option("--vid-stride", type=int, default=1, show_default=True, help="Use every N-th video frame.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
@@ -39,7 +44,10 @@ def increment_path(path: Path, exist_ok: bool = False) -> Path:
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Overlay opacity.")
 def infer(source, model, out, exist_ok, save_masks, raw_ids, save_overlay, save_video, show, vid_stride, device,
           batch, alpha):
-    """Segment SOURCE: an image, a folder, a glob, a video, a camera index (0) or an rtsp/http URL."""
+    """Segment SOURCE: an image, a folder, a glob, a video, a camera index (0) or an rtsp/http URL.
+
+    Grayscale, RGBA and 16-bit image files are converted to 8-bit RGB (one note per kind).
+    Videos are written as H.264 where this OpenCV can encode it, else mp4v (with a note)."""
     from tqdm import tqdm
 
     from igldt.runtime import DeployError, Predictor
@@ -47,11 +55,14 @@ def infer(source, model, out, exist_ok, save_masks, raw_ids, save_overlay, save_
     from igldt.runtime.sinks import ResultWriter
     from igldt.runtime.sources import open_source
 
+    def note(message: str) -> None:  # one line above the progress bar, not through it
+        tqdm.write(message, file=sys.stderr)
+
     if vid_stride < 1 or batch < 1:
         raise click.BadParameter("must be >= 1", param_hint="--vid-stride/--batch")
     try:
         predictor = Predictor(model, device=device, batch=batch)
-        src = open_source(source, vid_stride)
+        src = open_source(source, vid_stride, convert_images=True, note=note)
         is_video = src.kind in ("video", "camera", "stream")
         if save_video and not is_video:
             raise DeployError(f"--save-video needs a video, camera or stream source; {source} is images "
@@ -62,7 +73,7 @@ def infer(source, model, out, exist_ok, save_masks, raw_ids, save_overlay, save_
         run_dir = increment_path(Path(out), exist_ok)
         fps = (src.fps / vid_stride) if (src.fps and src.kind == "video") else src.fps
         writer = ResultWriter(run_dir, predictor.palette, masks=save_masks, raw_ids=raw_ids, overlays=save_overlay,
-                              video=save_video, fps=fps, show=show, alpha=alpha)
+                              video=save_video, fps=fps, show=show, alpha=alpha, note=note)
         click.echo(predictor.describe())
         bar = tqdm(total=src.count, unit="frame", desc=f"{src.kind} {source}", dynamic_ncols=True)
 
@@ -86,6 +97,8 @@ def infer(source, model, out, exist_ok, save_masks, raw_ids, save_overlay, save_
                f"{stats.infer_fps:.1f} FPS inference only "
                f"(per frame: pre {stats.pre_ms / max(stats.frames, 1):.1f}ms, infer {stats.infer_ms / max(stats.frames, 1):.1f}ms, "
                f"post {stats.post_ms / max(stats.frames, 1):.1f}ms)")
+    if writer.video_path is not None:
+        click.echo(f"video {writer.video_path}: {VIDEO_CODECS.get(writer.video_codec, writer.video_codec)}")
     if writer.written and (save_masks or save_overlay or save_video):
         click.secho(f"Results saved to {run_dir}", fg="green")
         hint(f"igldt evaluate --engine {model} --data ROOT --dataset NAME")

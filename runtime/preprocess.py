@@ -29,8 +29,16 @@ def check_image(img, name: str = "image") -> np.ndarray:
     return img
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB uint8; gray, alpha and 16-bit files are refused by name (no silent conversion)."""
+# What `to_rgb8` does to a kind of file, said once per kind by `igldt infer` (`{path}`: the first such file).
+CONVERSION_NOTES = {
+    "16-bit": "note: 16-bit images are scaled to 8 bits (value / 257), e.g. {path}",
+    "grayscale": "note: grayscale images are repeated into 3 RGB channels, e.g. {path}",
+    "RGBA": "note: the alpha channel of RGBA images is dropped, e.g. {path}",
+}
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """The file as stored (BGR, BGRA or gray; 8 or 16 bits); one-line errors naming it."""
     path = Path(path)
     if not path.exists():
         raise DeployError(f"image {path} does not exist")
@@ -38,8 +46,31 @@ def read_image(path: str | Path) -> np.ndarray:
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise DeployError(f"image {path} cannot be decoded (corrupt or not an image)")
+    return img
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as RGB uint8; gray, alpha and 16-bit files are refused by name (no silent conversion)."""
+    img = decode_image(path)
     check_image(img, str(path))  # channel/dtype check on the file as stored
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def to_rgb8(img: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
+    """A decoded file (BGR, BGRA or gray; 8 or 16 bits) as RGB uint8, and the kinds of conversion made
+    (keys of CONVERSION_NOTES); anything else (float, 2 channels, ...) is refused by `check_image`."""
+    done = []
+    if img.dtype == np.uint16:
+        img = cv2.convertScaleAbs(img, alpha=1 / 257)  # 0..65535 -> 0..255, rounded
+        done.append("16-bit")
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        done.append("grayscale")
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+        done.append("RGBA")
+    check_image(img, name)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), done
 
 
 def padded_size(h: int, w: int, stride: int) -> tuple[int, int]:

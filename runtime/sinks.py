@@ -1,7 +1,9 @@
 """Where results go: mask PNGs (palette-indexed or raw ids), colour overlays, an annotated video at
-the source frame rate, and a window (`--show`) where a display exists."""
+the source frame rate (H.264 where this OpenCV can encode it, else mp4v, said in a note), and a window
+(`--show`) where a display exists."""
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import sys
@@ -11,7 +13,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import DeployError
+from igldt.palette import colorize
+
+from .errors import DeployError, print_note
+
+H264_FOURCCS = ("avc1", "H264", "X264")  # the names OpenCV builds accept for an H.264 encoder
+FALLBACK_FOURCC = "mp4v"                 # MPEG-4 Part 2: in every FFmpeg build, not played by most browsers
+MP4V_NOTE = ("note: {path} is mp4v (MPEG-4 Part 2), not playable in most browsers: this OpenCV has no H.264 "
+             "encoder; use an OpenCV built with FFmpeg+libx264 or OpenH264, or re-encode: "
+             "ffmpeg -i {path} -c:v libx264 -pix_fmt yuv420p -movflags +faststart {h264}")
 
 
 def write_palette_png(path: str | Path, labels: np.ndarray, palette: np.ndarray) -> None:
@@ -31,16 +41,40 @@ def write_palette_png(path: str | Path, labels: np.ndarray, palette: np.ndarray)
     Path(path).write_bytes(png)
 
 
-def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """HxW ids -> HxWx3 RGB; ids beyond the palette (e.g. 255 ignore) are black."""
-    lut = np.zeros((256, 3), np.uint8)
-    lut[: min(len(palette), 256)] = np.asarray(palette, np.uint8)[:256]
-    return lut[labels]
-
-
 def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """RGB image blended with the class colours (RGB out)."""
     return cv2.addWeighted(image, 1 - alpha, colorize(labels, palette), alpha, 0)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence file descriptor 2 for a moment: FFmpeg and OpenCV print every failed encoder probe there."""
+    try:
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    sys.stderr.flush()
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def open_video_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[cv2.VideoWriter, str]:
+    """(writer, fourcc): the first of H264_FOURCCS this OpenCV opens, else mp4v; `size` is (W, H)."""
+    for fourcc in (*H264_FOURCCS, FALLBACK_FOURCC):
+        with quiet_native_stderr():
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        if writer.isOpened():
+            return writer, fourcc
+        writer.release()
+        path.unlink(missing_ok=True)
+    raise DeployError(f"cannot write video {path}: this OpenCV has neither an H.264 nor an mp4v encoder; "
+                      f"use --save-overlay instead")
 
 
 def display_available() -> bool:
@@ -59,8 +93,9 @@ class ResultWriter:
 
     def __init__(self, out_dir: str | Path, palette: np.ndarray, *, masks: bool = False, raw_ids: bool = False,
                  overlays: bool = False, video: bool = False, fps: float | None = None, show: bool = False,
-                 alpha: float = 0.5):
+                 alpha: float = 0.5, note=print_note):
         self.out = Path(out_dir)
+        self.note = note  # one-line messages (the mp4v fallback)
         self.palette = np.asarray(palette, np.uint8)
         self.masks, self.raw_ids, self.overlays, self.video = masks, raw_ids, overlays, video
         self.fps, self.alpha, self.show = fps or 30.0, alpha, show
@@ -69,6 +104,7 @@ class ResultWriter:
                               "drop --show or use --save-video")
         self._writer: cv2.VideoWriter | None = None
         self.video_path: Path | None = None
+        self.video_codec: str | None = None  # the fourcc the video was written with
         self.written = 0
         for flag, sub in ((masks, "masks"), (overlays, "overlays")):
             if flag:
@@ -90,17 +126,18 @@ class ResultWriter:
             cv2.imwrite(str(self.out / "overlays" / f"{frame.name}.jpg"), blended)
         if self.video:
             if self._writer is None:
-                h, w = blended.shape[:2]
-                self.video_path = self.out / f"{video_name}.mp4"
-                self._writer = cv2.VideoWriter(str(self.video_path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
-                if not self._writer.isOpened():
-                    raise DeployError(f"cannot write video {self.video_path} (no mp4v encoder in this OpenCV); "
-                                      f"use --save-overlay instead")
+                self._open_video(video_name, blended.shape[:2])
             self._writer.write(blended)
         if self.show:
             cv2.imshow("igldt", blended)
             cv2.waitKey(1)
         self.written += 1
+
+    def _open_video(self, video_name: str, hw: tuple[int, int]) -> None:
+        self.video_path = self.out / f"{video_name}.mp4"
+        self._writer, self.video_codec = open_video_writer(self.video_path, self.fps, (hw[1], hw[0]))
+        if self.video_codec == FALLBACK_FOURCC:
+            self.note(MP4V_NOTE.format(path=self.video_path, h264=self.video_path.with_name(f"{video_name}_h264.mp4")))
 
     def close(self) -> None:
         if self._writer is not None:

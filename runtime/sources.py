@@ -17,8 +17,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from .errors import DeployError
-from .preprocess import read_image
+from .errors import DeployError, print_note
+from .preprocess import CONVERSION_NOTES, decode_image, read_image, to_rgb8
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"}
@@ -53,14 +53,27 @@ class Source:
 
 
 class ImageSource(Source):
+    """Image files, strict by default (8-bit BGR only); with `convert`, grayscale, RGBA and 16-bit files
+    become 8-bit RGB, with one `note` per kind of conversion (the CLI's behaviour; `Predictor` stays strict)."""
     kind = "images"
 
-    def __init__(self, paths: list[Path], spec: str):
+    def __init__(self, paths: list[Path], spec: str, convert: bool = False, note=print_note):
         self.paths, self.spec, self.count = paths, spec, len(paths)
+        self.convert, self.note, self.noted = convert, note, set()
 
     def __iter__(self):
         for i, p in enumerate(self.paths):
-            yield Frame(read_image(p), p.stem, i, str(p))
+            yield Frame(self.read(p), p.stem, i, str(p))
+
+    def read(self, path: Path) -> np.ndarray:
+        if not self.convert:
+            return read_image(path)
+        img, done = to_rgb8(decode_image(path), str(path))
+        for kind in done:
+            if kind not in self.noted:
+                self.noted.add(kind)
+                self.note(CONVERSION_NOTES[kind].format(path=path))
+        return img
 
 
 class VideoSource(Source):
@@ -194,8 +207,10 @@ class LiveSource(Source):
             self.cap = None
 
 
-def open_source(spec: str | int | os.PathLike, vid_stride: int = 1) -> Source:
-    """Image, folder (recursive), glob, video file, camera index (int or digits) or stream URL."""
+def open_source(spec: str | int | os.PathLike, vid_stride: int = 1, convert_images: bool = False,
+                note=print_note) -> Source:
+    """Image, folder (recursive), glob, video file, camera index (int or digits) or stream URL.
+    `convert_images`: grayscale, RGBA and 16-bit image files become 8-bit RGB (noted once per kind)."""
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
         return LiveSource(int(spec), vid_stride)
     s = str(spec)
@@ -206,7 +221,7 @@ def open_source(spec: str | int | os.PathLike, vid_stride: int = 1) -> Source:
         images = [p for p in paths if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
         if not images:
             raise DeployError(f"glob {s} matches no images ({', '.join(sorted(IMAGE_EXTS))})")
-        return ImageSource(images, s)
+        return ImageSource(images, s, convert_images, note)
     p = Path(s)
     if not p.exists():
         raise DeployError(f"source {s} does not exist; give an image, a folder, a glob, a video, a camera index or a URL")
@@ -216,10 +231,10 @@ def open_source(spec: str | int | os.PathLike, vid_stride: int = 1) -> Source:
             videos = [q.name for q in sorted(p.iterdir()) if q.suffix.lower() in VIDEO_EXTS]
             extra = f" (it holds videos: pass one of them, e.g. {p / videos[0]})" if videos else ""
             raise DeployError(f"folder {p} holds no images{extra}")
-        return ImageSource(images, s)
+        return ImageSource(images, s, convert_images, note)
     suffix = p.suffix.lower()
     if suffix in IMAGE_EXTS:
-        return ImageSource([p], s)
+        return ImageSource([p], s, convert_images, note)
     if suffix in VIDEO_EXTS:
         return VideoSource(p, vid_stride)
     # unknown suffix: let OpenCV try it as a video, which also covers odd containers

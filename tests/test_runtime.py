@@ -19,8 +19,9 @@ pytest.importorskip("onnxruntime")
 from igldt.runtime import DeployError, Predictor  # noqa: E402
 from igldt.runtime.metadata import sidecar_path  # noqa: E402
 from igldt.runtime.pipeline import run_pipeline  # noqa: E402
+from igldt.runtime import sinks  # noqa: E402
 from igldt.runtime.sinks import ResultWriter, write_palette_png  # noqa: E402
-from igldt.runtime.sources import LiveSource, open_source  # noqa: E402
+from igldt.runtime.sources import Frame, LiveSource, open_source  # noqa: E402
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 CLASSES = ["red", "green", "blue"]
@@ -119,6 +120,8 @@ def test_wrong_channel_count_named(model, tmp_path):
         p.predict([np.zeros((8, 8, 4), np.uint8)], ["frame.png"])
     with pytest.raises(DeployError, match="grayscale"):
         p.predict([np.zeros((8, 8), np.uint8)])
+    with pytest.raises(DeployError, match="uint16"):  # the Python API converts nothing; the CLI does
+        p.predict([np.zeros((8, 8, 3), np.uint16)])
     rgba = tmp_path / "rgba.png"
     cv2.imwrite(str(rgba), np.zeros((8, 8, 4), np.uint8))
     with pytest.raises(DeployError, match=r"rgba\.png.*4 channels"):
@@ -197,6 +200,73 @@ def test_video_pipeline_writes_annotated_video(model, tmp_path):
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 12
 
 
+def _frame_count(path: Path) -> int:
+    cap, n = cv2.VideoCapture(str(path)), 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+def _write_annotated(out: Path, n: int = 7) -> tuple[ResultWriter, list[str]]:
+    notes = []
+    sink = ResultWriter(out, np.asarray(PALETTE, np.uint8), video=True, fps=10, note=notes.append)
+    for i in range(n):
+        sink.write(Frame(rand_img(48, 64, i), f"f{i}", i), np.full((48, 64), i % 3, np.uint8), "clip")
+    sink.close()
+    return sink, notes
+
+
+def test_video_is_h264_where_opencv_can_else_mp4v_with_a_note(tmp_path):
+    sink, notes = _write_annotated(tmp_path / "out")
+    assert sink.video_codec in (*sinks.H264_FOURCCS, sinks.FALLBACK_FOURCC)
+    assert _frame_count(sink.video_path) == 7  # a readable file, every frame
+    if sink.video_codec == sinks.FALLBACK_FOURCC:  # this OpenCV cannot encode H.264: said once, with the way out
+        assert len(notes) == 1 and "mp4v" in notes[0] and "ffmpeg -i" in notes[0] and "\n" not in notes[0]
+    else:
+        assert notes == []
+
+
+def test_video_falls_back_to_mp4v_when_no_h264_encoder_opens(tmp_path, monkeypatch):
+    monkeypatch.setattr(sinks, "H264_FOURCCS", ("zzzz",))  # an encoder no OpenCV has
+    sink, notes = _write_annotated(tmp_path / "out")
+    assert sink.video_codec == "mp4v" and _frame_count(sink.video_path) == 7
+    assert len(notes) == 1 and "not playable in most browsers" in notes[0]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.mp4"]
+
+
+def test_infer_cli_converts_gray_rgba_and_16bit_images(model, tmp_path):
+    """Each odd file gives the labels of its 8-bit RGB equivalent; one note per kind, not per image."""
+    from click.testing import CliRunner
+
+    from igldt.cli.main import cli
+    rgb = rand_img(24, 40, 7)  # RGB; files are written BGR
+    gray = rgb[..., 0]
+    files = {"ref": rgb[..., ::-1], "gray_ref": np.dstack([gray] * 3), "gray1": gray, "gray2": gray[::-1],
+             "rgba": np.dstack([rgb[..., ::-1], np.full(gray.shape, 9, np.uint8)]),
+             "deep": rgb[..., ::-1].astype(np.uint16) * 257}
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, img in files.items():
+        assert cv2.imwrite(str(src / f"{name}.png"), img)
+    res = CliRunner().invoke(cli, ["infer", str(src), "--model", str(model), "--device", "cpu",
+                                   "--out", str(tmp_path / "run"), "--save-masks", "--raw-ids"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("note: ") == 3, res.output  # gray1 and gray2: one grayscale note
+    for kind in ("grayscale images", "RGBA images", "16-bit images"):
+        assert res.output.count(kind) == 1, res.output
+    masks = {p.stem: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in (tmp_path / "run" / "masks").glob("*.png")}
+    assert len(masks) == len(files)
+    np.testing.assert_array_equal(masks["rgba"], masks["ref"])
+    np.testing.assert_array_equal(masks["deep"], masks["ref"])
+    np.testing.assert_array_equal(masks["gray1"], masks["gray_ref"])
+    bad = tmp_path / "float.tiff"
+    cv2.imwrite(str(bad), np.zeros((8, 8, 3), np.float32))
+    res = CliRunner().invoke(cli, ["infer", str(bad), "--model", str(model), "--device", "cpu",
+                                   "--out", str(tmp_path / "run2")])
+    assert res.exit_code != 0 and "float.tiff" in res.output and "float32" in res.output
+
+
 BLOCK_TORCH = textwrap.dedent("""
     import sys
     class _Block:
@@ -229,6 +299,40 @@ def test_runtime_and_infer_cli_without_torch(model, tmp_path):
     assert (tmp_path / "run" / "masks" / "img.png").exists()
 
 
+def test_evaluate_engine_without_torch_writes_report_and_figures(model, tmp_path):
+    """`igldt evaluate --engine` on an edge install: JSON, confusion matrix and samples, no torch."""
+    from igldt.data import write_classes_yaml
+
+    data = tmp_path / "data"
+    for sub in ("images/val", "masks/val"):
+        (data / sub).mkdir(parents=True)
+    write_classes_yaml(data / "classes.yaml", CLASSES, np.asarray(PALETTE, np.uint8))
+    for i in range(6):
+        img = rand_img(24, 32, i)
+        cv2.imwrite(str(data / "images" / "val" / f"v{i}.png"), img[..., ::-1])
+        cv2.imwrite(str(data / "masks" / "val" / f"v{i}.png"), expected_logits(img).argmax(0).astype(np.uint8))
+    out = tmp_path / "eval.json"
+    code = BLOCK_TORCH + textwrap.dedent(f"""
+        from igldt.cli.main import cli
+        try:
+            cli.main(["evaluate", "--engine", {str(model)!r}, "--data", {str(data)!r}, "--dataset", "folder",
+                      "--split", "val", "--device", "cpu", "--out", {str(out)!r}, "--samples", "3"],
+                     standalone_mode=False)
+        finally:
+            assert "torch" not in sys.modules, "torch was imported"
+        print("TORCH-FREE OK")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "TORCH-FREE OK" in r.stdout, r.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert np.asarray(report["engine"]["confusion"]).sum() == 6 * 24 * 32
+    assert report["engine"]["miou"] > 0.9  # masks are the model's own answer, up to float ties
+    confusion = cv2.imread(str(tmp_path / "eval.confusion.png"))
+    samples = cv2.imread(str(tmp_path / "eval.samples.png"))
+    assert confusion is not None and samples is not None
+    assert samples.shape[0] > 3 * 24 * 320 // 32  # three rows of 320-wide tiles
+
+
 def test_infer_cli_numbered_runs_and_errors(model, tmp_path):
     from click.testing import CliRunner
 
@@ -246,6 +350,8 @@ def test_infer_cli_numbered_runs_and_errors(model, tmp_path):
     assert len(list((tmp_path / "runs" / "exp" / "overlays").glob("*.jpg"))) == 2
     cap = cv2.VideoCapture(str(tmp_path / "runs" / "exp2" / "clip.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6 and abs(cap.get(cv2.CAP_PROP_FPS) - 5) < 0.5
+    assert f"video {tmp_path / 'runs' / 'exp2' / 'clip.mp4'}: " in r2.output  # and its codec
+    assert "H.264" in r2.output or "mp4v" in r2.output
     bad = run.invoke(cli, ["infer", str(tmp_path / "f0.jpg"), "--model", str(tmp_path / "none.onnx")])
     assert bad.exit_code != 0 and "none.onnx not found" in bad.output and len(bad.output.strip().splitlines()) == 1
     cam = run.invoke(cli, ["infer", "99", *base])
