@@ -20,7 +20,39 @@ COMMANDS = {
 }
 
 
+# The core install is the torch-free runtime; the rest comes in extras (pyproject.toml). A verb that
+# reaches a module of a missing extra says which one to install instead of a traceback.
+EXTRA_OF_MODULE = {
+    "torch": "train", "torchvision": "train", "timm": "train", "matplotlib": "train",
+    "onnx": "export", "onnxscript": "export", "onnxslim": "export",
+    "onnxruntime": "cpu", "tensorrt": "gpu", "cuda": "gpu",
+}
+# Verbs that export need the whole `export` extra (it includes `train`): name it at the first miss.
+EXPORTING_VERBS = ("export", "demo")
+
+
+def missing_extra_message(verb: str, error: ModuleNotFoundError) -> str | None:
+    """One line naming the extra that brings `error.name`, or None for a module no extra provides."""
+    module = (error.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(module)
+    if extra is None:
+        return None
+    if extra == "train" and verb in EXPORTING_VERBS:
+        extra = "export"
+    alternative = " (or igldt[gpu] on an NVIDIA box)" if extra == "cpu" else ""
+    return f"igldt {verb} needs {module}, which comes with the {extra} extra: pip install \"igldt[{extra}]\"{alternative}"
+
+
 class LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as e:
+            message = missing_extra_message(ctx.invoked_subcommand or "", e)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
@@ -28,7 +60,13 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr = COMMANDS[name][0].split(":")
-        return getattr(importlib.import_module(f"igldt.cli.{module}"), attr)
+        try:
+            return getattr(importlib.import_module(f"igldt.cli.{module}"), attr)
+        except ModuleNotFoundError as e:
+            message = missing_extra_message(name, e)
+            if message is None:
+                raise
+            ctx.fail(message)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):

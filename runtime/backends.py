@@ -179,7 +179,8 @@ class TorchBackend:
             from igldt.checkpoint import load_model
         except ImportError as e:
             raise DeployError(f"{path}: a .pt checkpoint needs torch ({e.name} missing); "
-                              f"export it to ONNX on a training machine: igldt export --weights {path.name}") from None
+                              "install the train extra (pip install \"igldt[train]\") or export it to ONNX on a training "
+                              f"machine: igldt export --weights {path.name}") from None
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         elif device not in ("cpu",) and not torch.cuda.is_available():

@@ -5,7 +5,7 @@ For each training seed: Sup-only, CPS (two networks of the student's backbone tr
 teachers stage), the IGL-DT teachers (with their ensemble), the IGL-DT student; every checkpoint
 evaluated on CamVid val; docs/results.md rewritten with the table over all seeds found.
 
-    python scripts/camvid_table.py --seeds 0                  # one seed, every stage (budget: 90 min, 2 cores)
+    python scripts/camvid_table.py --seeds 0 --data ROOT      # one seed, every stage (budget: 90 min, 2 cores)
     python scripts/camvid_table.py --seeds 1 2                # more seeds into the same folder
     python scripts/camvid_table.py --report-only              # rewrite docs/results.md from the runs found
     python scripts/camvid_table.py --seeds 0 -o train.iters=4 --out runs/camvid-smoke --results /tmp/smoke.md
@@ -224,12 +224,16 @@ def main() -> None:
     ap.add_argument("--preset", default="camvid-cpu")
     ap.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--data", default=os.environ.get("IGLDT_CAMVID"), metavar="ROOT",
+                    help="CamVid root (default: $IGLDT_CAMVID, else the preset's data.root, data/camvid)")
     ap.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES,
                     help="run only these steps (the others must be done already for the report)")
     ap.add_argument("--teachers", default=None,
                     help="teachers checkpoint for the student step (default: the seed's own teachers run)")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.data:
+        args.overrides.append(f"data.root={args.data}")
     if not args.report_only:
         for seed in args.seeds:
             run_seed(seed, out, args.preset, args.overrides, args.device, args.stages, args.teachers)

@@ -229,3 +229,17 @@ def test_unreadable_files_raise_dataerror_naming_file(tmp_path):
     ds = CamVidDataset(tmp_path, "train")
     with pytest.raises(DataError, match="0001TP_006690.png"):
         ds.load_image(0)
+
+
+def test_missing_public_dataset_root_says_where_to_get_it(tmp_path):
+    """The presets' default roots (data/camvid ...) are where a user puts the download: a first run without
+    it names the source and the layout doc in one line."""
+    from igldt.config import load_config
+
+    for preset, fmt in (("camvid-cpu", "camvid"), ("voc-r50", "voc"), ("cityscapes-r101", "cityscapes")):
+        root = tmp_path / load_config(preset).data.root
+        with pytest.raises(DataError) as e:
+            build_dataset(fmt, root, "train")
+        message = str(e.value)
+        assert len(message.splitlines()) == 1 and str(root) in message and "docs/data.md" in message
+        assert "download" in message, message

@@ -190,3 +190,21 @@ def test_trt_export_without_tensorrt_is_one_line(trained):
                                  "--out", str(trained["root"] / "x.plan")])
     assert r.exit_code != 0 and "TensorRT" in r.output and len(r.output.strip().splitlines()) == 1
     assert not (trained["root"] / "x.plan").exists()
+
+
+def test_int8_cli_reads_a_relative_calib_folder(trained, tmp_path, monkeypatch):
+    """`--calib images` relative to where the user stands: the quantiser works in a temporary folder, so
+    the CLI resolves the path first (it used to fail with 'image images/x.png does not exist')."""
+    import shutil
+
+    work = tmp_path / "work"
+    (work / "images").mkdir(parents=True)
+    for p in sorted((trained["demo"] / "images" / "train").glob("*.png"))[:4]:
+        shutil.copy(p, work / "images" / p.name)
+    monkeypatch.chdir(work)
+    out = tmp_path / "relative_int8.onnx"
+    r = CliRunner().invoke(cli, ["export", "--weights", str(trained["ckpt"]), "--format", "onnx", "--precision", "int8",
+                                 "--calib", "images", "--calib-count", "4", "--out", str(out), "--check-images", "0"])
+    assert r.exit_code == 0, r.output
+    assert read_sidecar(out)["calibration"]["calibration_images"] == 4
+    assert str(work / "images") in read_sidecar(out)["calibration"]["source"]

@@ -1,6 +1,8 @@
 """The distribution installs everything under `igldt`: no bare cli/runtime/export/models in site-packages."""
+import os
 import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -49,3 +51,76 @@ def test_built_wheel_imports_and_runs(wheel, tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "demo"
     assert not (target / "cli").exists() and not (target / "runtime").exists()
+
+
+def test_core_install_is_the_torch_free_runtime():
+    """The dependency metadata, read strictly: the core is the runtime; torch and ONNX tooling are extras."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = lambda reqs: {r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip() for r in reqs}
+    assert names(project["dependencies"]) == {"click", "numpy", "opencv-python-headless", "pyyaml", "tqdm"}
+    extras = project["optional-dependencies"]
+    assert {"torch", "torchvision", "timm"} <= names(extras["train"])
+    assert {"onnx", "onnxscript", "onnxslim"} <= names(extras["export"]) and "igldt" in names(extras["export"])
+    assert names(extras["cpu"]) == {"onnxruntime"} and "onnxruntime" not in names(extras["gpu"])
+    # onnxruntime and onnxruntime-gpu overwrite each other: no extra but the two engine ones names either
+    for extra, reqs in extras.items():
+        if extra not in ("cpu", "gpu"):
+            assert not names(reqs) & {"onnxruntime", "onnxruntime-gpu"}, extra
+
+
+# What an edge box lacks: the core install plus onnxruntime, nothing from the train/export extras.
+BLOCK_EXTRAS = textwrap.dedent("""
+    import sys
+    BLOCKED = {"torch", "torchvision", "timm", "matplotlib", "onnx", "onnxscript", "onnxslim"}
+    class _Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    sys.meta_path.insert(0, _Block())
+""")
+
+
+def test_runtime_verbs_without_the_train_and_export_extras(tmp_path):
+    """`igldt infer` and `igldt evaluate --engine` run with only the core and an engine importable;
+    `igldt train` and `igldt export` then say, in one line, which extra to install."""
+    pytest.importorskip("onnxruntime")
+    from test_runtime import CLASSES, PALETTE, tiny_onnx
+
+    from igldt.data import write_classes_yaml
+    import cv2
+    import numpy as np
+
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    write_classes_yaml(root / "classes.yaml", CLASSES, np.array(PALETTE))
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        cv2.imwrite(str(root / "images" / f"im{i}.png"), rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+        cv2.imwrite(str(root / "masks" / f"im{i}.png"), rng.integers(0, 3, (40, 56), dtype=np.uint8))
+    code = BLOCK_EXTRAS + textwrap.dedent(f"""
+        from igldt.cli.main import cli
+        for args in (["infer", {str(root / "images" / "im0.png")!r}, "--model", {str(model)!r}, "--device", "cpu",
+                      "--out", {str(tmp_path / "run")!r}, "--save-masks"],
+                     ["evaluate", "--engine", {str(model)!r}, "--data", {str(root)!r}, "--dataset", "folder",
+                      "--split", "all", "--device", "cpu", "--out", {str(tmp_path / "eval.json")!r}]):
+            cli.main(args, standalone_mode=False)
+        assert not {{"torch", "onnx", "timm", "matplotlib"}} & set(sys.modules), "a training module was imported"
+        print("RUNTIME OK")
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert "RUNTIME OK" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert (tmp_path / "run" / "masks" / "im0.png").exists() and (tmp_path / "eval.json").exists()
+    (tmp_path / "student.pt").write_bytes(b"not read: the missing extra is reported first")
+    for extra, args in (("train", ["train", "--stage", "supervised", "--preset", "demo", "--out", str(tmp_path / "t")]),
+                        ("export", ["export", "--weights", str(tmp_path / "student.pt"), "--format", "onnx"]),
+                        ("export", ["demo", "--out", str(tmp_path / "d")])):
+        r = subprocess.run([sys.executable, "-c", BLOCK_EXTRAS + f"from igldt.cli.main import cli; cli({args!r})"],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        err = r.stderr.strip().splitlines()
+        assert r.returncode != 0 and len(err) == 1, r.stderr
+        assert f"igldt {args[0]} needs" in err[0] and f'pip install "igldt[{extra}]"' in err[0], err[0]

