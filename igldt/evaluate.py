@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -20,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from igldt.figures import SAMPLES, SampleKeeper, write_figures
-from igldt.metrics import center_box, evaluate_predictor, scored_count
+from igldt.metrics import center_box, evaluate_predictor
 
 MODES = ("whole", "center", "slide")
 
@@ -130,14 +128,11 @@ def make_predictor(model: nn.Module, mean: Sequence[float], std: Sequence[float]
 def evaluate(model: nn.Module, dataset: Any, mean: Sequence[float], std: Sequence[float], mode: str = "whole",
              crop: Sequence[int] | None = None, stride: Sequence[int] | None = None,
              device: str | torch.device = "cpu", amp: bool | str | None = False,
-             limit: int | None = None, progress: Callable[[int, int], None] | None = None,
-             figures: str | Path | None = None, samples: int = SAMPLES) -> dict:
+             limit: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
     """mIoU / per-class IoU / pixel accuracy of `model` on a labelled `SegDataset`, one image at a time.
 
     The model is moved to `device`, put in eval mode and restored to its previous mode afterwards
     (so the training loop can call this). Returns the report of `evaluate_predictor` plus the settings.
-    With `figures=FOLDER`, also (over)writes FOLDER/confusion.png and FOLDER/samples.png (`samples`
-    images) from the same pass (see `igldt.figures`).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
@@ -151,14 +146,10 @@ def evaluate(model: nn.Module, dataset: Any, mean: Sequence[float], std: Sequenc
     try:
         predict = make_predictor(model, mean, std, mode, crop, stride, dev, amp)
         n = getattr(model, "num_classes", None) or getattr(getattr(model, "module", None), "num_classes", None)
-        keep = SampleKeeper(samples if figures is not None else 0, scored_count(dataset, limit))
-        report, cm = evaluate_predictor(predict, dataset, num_classes=n, limit=limit, progress=progress,
-                                        center_crop=crop if mode == "center" else None, observe=keep)
+        report, _ = evaluate_predictor(predict, dataset, num_classes=n, limit=limit, progress=progress,
+                                       center_crop=crop if mode == "center" else None)
     finally:
         model.train(was_training)
-    if figures is not None:
-        write_figures(cm, keep.samples, report["classes"], getattr(dataset, "palette", None),
-                      Path(figures) / "confusion.png", Path(figures) / "samples.png")
     report.update(mode=mode, crop=list(crop) if crop else None,
                   stride=list(stride) if mode == "slide" else None,
                   device=str(dev), amp=amp if dev.type == "cuda" else False)
