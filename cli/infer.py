@@ -16,6 +16,21 @@ from .common import hint
 VIDEO_CODECS = {"avc1": "H.264 (avc1)", "H264": "H.264", "X264": "H.264", "mp4v": "mp4v (not for browsers)"}
 
 
+def parse_imgsz(value: str) -> int | tuple[int, int] | str | None:
+    """--imgsz: auto | native | L (longest side) | HxW."""
+    v = value.strip().lower()
+    if v in ("auto", "native"):
+        return None if v == "native" else "auto"
+    try:
+        parts = [int(x) for x in v.replace(",", "x").split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise click.BadParameter(f"{value!r}: use auto, native, a longest side (640) or HxW (360x480)",
+                                 param_hint="--imgsz")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
 def increment_path(path: Path, exist_ok: bool = False) -> Path:
     """runs/infer/exp -> exp2, exp3, ... when the folder already holds results (never overwrite silently)."""
     if exist_ok or not path.exists() or (path.is_dir() and not any(path.iterdir())):
@@ -41,9 +56,13 @@ def increment_path(path: Path, exist_ok: bool = False) -> Path:
 @click.option("--vid-stride", type=int, default=1, show_default=True, help="Use every N-th video frame.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--batch", type=int, default=1, show_default=True, help="Frames per inference call.")
+@click.option("--imgsz", default="auto", show_default=True,
+              help="Size the network sees (results come back at the source size): auto = the export size as "
+                   "longest side, larger frames scaled down; native = every frame as it is; 640 = longest side; "
+                   "360x480 = exact.")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Overlay opacity.")
 def infer(source, model, out, exist_ok, save_masks, raw_ids, save_overlay, save_video, show, vid_stride, device,
-          batch, alpha):
+          batch, imgsz, alpha):
     """Segment SOURCE: an image, a folder, a glob, a video, a camera index (0) or an rtsp/http URL.
 
     Grayscale, RGBA and 16-bit image files are converted to 8-bit RGB (one note per kind).
@@ -61,7 +80,7 @@ def infer(source, model, out, exist_ok, save_masks, raw_ids, save_overlay, save_
     if vid_stride < 1 or batch < 1:
         raise click.BadParameter("must be >= 1", param_hint="--vid-stride/--batch")
     try:
-        predictor = Predictor(model, device=device, batch=batch)
+        predictor = Predictor(model, device=device, batch=batch, imgsz=parse_imgsz(imgsz))
         src = open_source(source, vid_stride, convert_images=True, note=note)
         is_video = src.kind in ("video", "camera", "stream")
         if save_video and not is_video:

@@ -8,13 +8,19 @@ import numpy as np
 
 from .errors import DeployError
 from .metadata import default_palette, read_sidecar, with_defaults
-from .preprocess import bgr_batch, check_image, normalize_batch, padded_size
+from .preprocess import bgr_batch, check_image, check_imgsz, normalize_batch, padded_size, resize_image, resize_result
 
 BACKENDS = {".onnx": "onnx", ".plan": "tensorrt", ".engine": "tensorrt", ".pt": "torch", ".pth": "torch"}
 
 
 def _int_or_none(d):
     return d if isinstance(d, int) and d > 0 else None
+
+
+def describe_imgsz(imgsz) -> str:
+    if imgsz is None:
+        return "native"
+    return f"{imgsz[0]}x{imgsz[1]}" if isinstance(imgsz, tuple) else f"longest side <= {imgsz}"
 
 
 class Predictor:
@@ -25,9 +31,16 @@ class Predictor:
     `--output labels`). Images are padded bottom/right to the stride and cropped back, exactly
     as evaluation in training does; same-sized images are batched `batch` at a time.
     `timing` holds the last call's pre/infer/post milliseconds.
+
+    `imgsz` sets the size the network sees; results always come back at each image's own size:
+    None = the image's size (a static engine: its fixed size); an int L = images whose longer side
+    exceeds L are scaled down to L (aspect kept), smaller ones run as they are; (H, W) = every image
+    resized to H x W; "auto" = the longest side of the size recorded at export (`igldt infer`'s
+    default). Labels are scaled back with nearest neighbour, logits bilinearly.
     """
 
-    def __init__(self, model_path, device: str = "auto", providers=None, batch: int = 1, threads: int | None = None):
+    def __init__(self, model_path, device: str = "auto", providers=None, batch: int = 1, threads: int | None = None,
+                 imgsz: int | tuple[int, int] | str | None = None):
         path = Path(model_path)
         if not path.exists():
             raise DeployError(f"model file {path} not found; create one with: igldt export --weights student.pt --format onnx")
@@ -72,9 +85,24 @@ class Predictor:
         self.batch = max(1, int(batch))
         if self.max_batch:
             self.batch = min(self.batch, self.max_batch)
+        if imgsz in (None, "auto") and self.fixed_hw:
+            imgsz = self.fixed_hw  # a static engine runs at its one size
+        elif imgsz == "auto":  # the export's size as the longest side: a 4K stream runs at the size trained for
+            recorded = m["input"].get("imgsz")
+            imgsz = max(recorded) if recorded else None
+        self.imgsz = check_imgsz(imgsz)
         self.timing = {"pre": 0.0, "infer": 0.0, "post": 0.0}
 
     # ------------------------------------------------------------------ helpers
+    def network_size(self, h: int, w: int) -> tuple[int, int]:
+        """The size an h x w image is resized to before padding (`imgsz`; (h, w) when none applies)."""
+        if isinstance(self.imgsz, tuple):
+            return self.imgsz
+        if isinstance(self.imgsz, int) and max(h, w) > self.imgsz:
+            scale = self.imgsz / max(h, w)
+            return max(1, round(h * scale)), max(1, round(w * scale))
+        return h, w
+
     def _input_size(self, h: int, w: int, name: str) -> tuple[int, int]:
         hp, wp = padded_size(h, w, self.stride)
         if self.fixed_hw:
@@ -86,7 +114,10 @@ class Predictor:
         return hp, wp
 
     def _run(self, images: list[np.ndarray], names: list[str], want_logits: bool) -> list[np.ndarray]:
-        imgs = [check_image(im, nm) for im, nm in zip(images, names)]
+        sources = [check_image(im, nm) for im, nm in zip(images, names)]
+        t_resize = time.perf_counter()
+        imgs = [resize_image(im, self.network_size(*im.shape[:2])) for im in sources]
+        t_resize = time.perf_counter() - t_resize
         if want_logits and self.output_kind == "labels":
             raise DeployError(f"{self.path.name} outputs labels (exported with --output labels); "
                               f"export with --output logits to get logits")
@@ -94,7 +125,7 @@ class Predictor:
         for i, (im, nm) in enumerate(zip(imgs, names)):
             groups.setdefault(self._input_size(im.shape[0], im.shape[1], nm), []).append(i)
         results: list[np.ndarray | None] = [None] * len(imgs)
-        pre = inf = post = 0.0
+        pre, inf, post = t_resize, 0.0, 0.0
         for size, idx in groups.items():
             for k in range(0, len(idx), self.batch):
                 chunk = idx[k:k + self.batch]
@@ -112,6 +143,7 @@ class Predictor:
                         results[i] = np.ascontiguousarray(y[j, :, :h, :w], dtype=np.float32)
                     else:
                         results[i] = y[j, :, :h, :w].argmax(0).astype(np.uint8)
+                    results[i] = resize_result(results[i], sources[i].shape[:2])
                 t3 = time.perf_counter()
                 pre, inf, post = pre + t1 - t0, inf + t2 - t1, post + t3 - t2
         self.timing = {"pre": pre * 1e3, "infer": inf * 1e3, "post": post * 1e3}
@@ -142,4 +174,5 @@ class Predictor:
         m = self.meta
         return (f"{self.path.name}: {self.backend.name} ({', '.join(self.backend.providers)}), "
                 f"precision {m.get('precision', '?')}, output {self.output_kind}, "
-                f"input {'uint8 BGR NHWC' if self.baked else 'float32 RGB NCHW'}, {self.num_classes} classes")
+                f"input {'uint8 BGR NHWC' if self.baked else 'float32 RGB NCHW'}, {self.num_classes} classes, "
+                f"network size {describe_imgsz(self.imgsz)}")

@@ -29,6 +29,39 @@ def check_image(img, name: str = "image") -> np.ndarray:
     return img
 
 
+def check_imgsz(imgsz) -> int | tuple[int, int] | None:
+    """None, a positive int (longest side) or a pair of positive ints (H, W); one-line error otherwise."""
+    if imgsz is None:
+        return None
+    values = [imgsz] if isinstance(imgsz, (int, np.integer)) else list(imgsz)
+    if not values or len(values) > 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in values):
+        raise DeployError(f"imgsz {imgsz!r}: pass a positive int (longest side) or two (height, width)")
+    return int(values[0]) if len(values) == 1 else (int(values[0]), int(values[1]))
+
+
+def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 to size (H, W): area averaging when shrinking (no aliasing), bilinear when growing."""
+    h, w = img.shape[:2]
+    if (h, w) == tuple(size):
+        return img
+    shrink = size[0] * size[1] < h * w
+    return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_result(result: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Labels (H x W, nearest neighbour) or logits (C x H x W, bilinear) back to the source size."""
+    if result.shape[-2:] == tuple(size):
+        return result
+    dsize = (size[1], size[0])
+    if result.ndim == 2:
+        return cv2.resize(result, dsize, interpolation=cv2.INTER_NEAREST)
+    # OpenCV resizes at most 512 channels at once: plenty for segmentation classes, but stay general
+    chans = [cv2.resize(np.ascontiguousarray(result[c:c + 512].transpose(1, 2, 0)), dsize, interpolation=cv2.INTER_LINEAR)
+             for c in range(0, result.shape[0], 512)]
+    out = np.concatenate([c.reshape(size[0], size[1], -1) for c in chans], axis=2)
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
 # What `to_rgb8` does to a kind of file, said once per kind by `igldt infer` (`{path}`: the first such file).
 CONVERSION_NOTES = {
     "16-bit": "note: 16-bit images are scaled to 8 bits (value / 257), e.g. {path}",

@@ -356,3 +356,55 @@ def test_infer_cli_numbered_runs_and_errors(model, tmp_path):
     assert bad.exit_code != 0 and "none.onnx not found" in bad.output and len(bad.output.strip().splitlines()) == 1
     cam = run.invoke(cli, ["infer", "99", *base])
     assert cam.exit_code != 0 and "camera 99" in cam.output
+
+
+def test_imgsz_resizes_for_the_network_and_returns_source_size(model):
+    """imgsz: the network sees the resized image; labels and logits come back at the source size, equal to
+    doing the resize, the network and the inverse resize by hand."""
+    from igldt.runtime.preprocess import resize_image, resize_result
+
+    img = rand_img(40, 56, seed=3)
+    for imgsz, net in ((28, (20, 28)), ((24, 32), (24, 32)), (100, (40, 56))):
+        p = Predictor(model, device="cpu", imgsz=imgsz)
+        assert p.network_size(40, 56) == net
+        small = resize_image(img, net)
+        want = resize_result(expected_logits(small), (40, 56))
+        got = p.predict_logits([img])[0]
+        assert got.shape == (3, 40, 56) and np.abs(got - want).max() < 1e-4
+        labels = p.predict([img])[0]
+        assert labels.shape == (40, 56)
+        # labels: the network's labels at its size, scaled back by nearest neighbour
+        assert (labels == resize_result(p.predict([small])[0], (40, 56))).all()
+    with pytest.raises(DeployError, match="imgsz"):
+        Predictor(model, device="cpu", imgsz=(0, 32))
+
+
+def test_imgsz_auto_is_the_export_size_and_static_engines_resize(tmp_path):
+    path = tiny_onnx(tmp_path / "m.onnx")
+    m = onnx.load(str(path))
+    meta = json.loads(m.metadata_props[0].value)
+    meta["input"]["imgsz"] = [24, 32]
+    m.metadata_props[0].value = json.dumps(meta)
+    for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim[2:], (24, 32)):
+        d.dim_value = v  # a static graph: one input size
+    onnx.save(m, str(path))
+    auto = Predictor(path, device="cpu", imgsz="auto")
+    assert auto.imgsz == (24, 32)  # static: the engine's size wins over "longest side 32"
+    assert auto.predict([rand_img(60, 80)])[0].shape == (60, 80)  # was an error: larger than the static size
+    assert "network size 24x32" in auto.describe()
+
+
+def test_infer_cli_imgsz(model, tmp_path):
+    from click.testing import CliRunner
+
+    from igldt.cli.main import cli
+    img = tmp_path / "big.png"
+    cv2.imwrite(str(img), rand_img(64, 96))
+    run = CliRunner()
+    r = run.invoke(cli, ["infer", str(img), "--model", str(model), "--device", "cpu", "--imgsz", "32x48",
+                         "--out", str(tmp_path / "a"), "--save-masks"])
+    assert r.exit_code == 0, r.output
+    assert "network size 32x48" in r.output
+    assert cv2.imread(str(tmp_path / "a" / "masks" / "big.png"), cv2.IMREAD_UNCHANGED).shape[:2] == (64, 96)
+    bad = run.invoke(cli, ["infer", str(img), "--model", str(model), "--imgsz", "big"])
+    assert bad.exit_code != 0 and "--imgsz" in bad.output
