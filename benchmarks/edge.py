@@ -1,0 +1,154 @@
+"""The edge student on CamVid val frames at 360x480: every deployment path side by side, against the targets.
+
+    python benchmarks/edge.py --weights runs/camvid/seed0/student/best.pt --data data/camvid [--threads 2]
+
+For torch eager (fp32 and bf16), ONNX Runtime fp32 and ONNX Runtime INT8 (exported here with
+`igldt export`, calibrated on the checkpoint's unlabelled training pool): p50/p90 latency of one
+360x480 frame (pre + inference + post, batch 1), end-to-end FPS of `igldt infer`'s threaded
+pipeline on a video made of the val frames (decode -> segment -> annotated video), mIoU on CamVid
+val, GFLOP per frame and the GFLOP/s each path reaches; then each ratio and each target of the edge
+issue with PASS/FAIL. Run it on idle cores: every other process changes the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SIZE = (360, 480)  # CamVid frames, the size the targets are set for
+
+
+def gflop_per_frame(weights: Path, size: tuple[int, int]) -> float:
+    """Multiply-adds x 2 of one forward at `size` (padded to the stride), counted by torch's FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from igldt.checkpoint import load_model
+    from igldt.runtime.preprocess import padded_size
+
+    model, meta = load_model(weights, device="cpu")
+    h, w = padded_size(*size, int(getattr(model, "stride", 16)))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, h, w))
+    return counter.get_total_flops() / 1e9
+
+
+def val_video(ds, path: Path, fps: float = 30.0) -> Path:
+    """The val frames in order as an mp4 (CamVid val is two driving sequences: real decode work)."""
+    first = ds.load_image(0)
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (first.shape[1], first.shape[0]))
+    for i in range(len(ds)):
+        out.write(cv2.cvtColor(ds.load_image(i), cv2.COLOR_RGB2BGR))
+    out.release()
+    return path
+
+
+def end_to_end_fps(predictor, video: Path, out_dir: Path) -> float:
+    """`igldt infer video --save-video`: decode, segment and write the annotated video, threaded."""
+    from igldt.runtime.pipeline import run_pipeline
+    from igldt.runtime.sinks import ResultWriter
+    from igldt.runtime.sources import open_source
+
+    src = open_source(video)
+    sink = ResultWriter(out_dir, predictor.palette, video=True, fps=src.fps)
+    try:
+        stats = run_pipeline(src, predictor, sink, batch=1, video_name="val")
+    finally:
+        sink.close()
+    return stats.fps
+
+
+def torch_bf16(weights: Path):
+    """The .pt through the runtime's torch backend with weights and activations in bfloat16 (AVX-512 BF16
+    kernels where the CPU has them); logits come back as float32 for the shared post-processing."""
+    import torch
+
+    from igldt.runtime import Predictor
+    p = Predictor(weights, device="cpu")
+    model = p.backend.model.to(torch.bfloat16)
+    p.backend.model = lambda x: model(x.to(torch.bfloat16))
+    return p
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", required=True, type=Path, help="the edge student's best.pt")
+    ap.add_argument("--data", required=True, help="CamVid root (val split scored, val frames timed)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--limit", type=int, default=None, help="val images scored for mIoU (default: all 101)")
+    ap.add_argument("--calib-method", default="percentile")
+    ap.add_argument("--out", type=Path, default=Path("runs/edge"))
+    ap.add_argument("--skip-bf16", action="store_true")
+    a = ap.parse_args()
+
+    import torch
+
+    from igldt.data import build_dataset
+    from igldt.export.parity import compare
+    from igldt.export.pipeline import run_export
+    from igldt.runtime import Predictor
+    from igldt.runtime.bench import measure_latency
+
+    torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    ds = build_dataset("camvid", a.data, "val")
+    frames = [ds.load_image(i) for i in range(min(len(ds), 20))]
+    assert frames[0].shape[:2] == SIZE, f"expected {SIZE} CamVid frames, got {frames[0].shape[:2]}"
+
+    fp32 = a.out / "edge_fp32.onnx"
+    int8 = a.out / "edge_int8.onnx"
+    quiet = lambda *_: None
+    if not fp32.exists():
+        run_export(a.weights, "onnx", "fp32", out=fp32, imgsz=(368, 480), check_count=0, echo=quiet)
+    if not int8.exists():
+        run_export(a.weights, "onnx", "int8", out=int8, imgsz=(368, 480), check_count=0, echo=quiet,
+                   calib_method=a.calib_method)
+    gflop = gflop_per_frame(a.weights, SIZE)
+
+    paths = {"torch eager fp32": lambda: Predictor(a.weights, device="cpu"),
+             "ORT fp32": lambda: Predictor(fp32, device="cpu", threads=a.threads),
+             "ORT INT8": lambda: Predictor(int8, device="cpu", threads=a.threads)}
+    if not a.skip_bf16:
+        paths["torch eager bf16"] = lambda: torch_bf16(a.weights)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        video = val_video(ds, Path(tmp) / "camvid_val.mp4")
+        for name, make in paths.items():
+            p = make()
+            lat = measure_latency(p, frames, a.runs, warmup=5)
+            fps = end_to_end_fps(p, video, Path(tmp) / name.replace(" ", "_"))
+            miou = compare(p, None, ds, limit=a.limit)["engine"]["miou"]
+            rows[name] = {**lat, "video_fps": fps, "miou": miou, "gflop": gflop, "gflops": gflop / (lat["infer_p50_ms"] / 1e3)}
+            print(f"{name:18s} p50 {lat['p50_ms']:6.1f} ms  p90 {lat['p90_ms']:6.1f} ms  video {fps:5.1f} FPS  "
+                  f"mIoU {100 * miou:5.2f}  {rows[name]['gflops']:5.0f} GFLOP/s", flush=True)
+
+    t, f, q = rows["torch eager fp32"], rows["ORT fp32"], rows["ORT INT8"]
+    fastest_ok = max((r for r in rows.values() if abs(r["miou"] - f["miou"]) * 100 <= 1.0), key=lambda r: r["video_fps"])
+    targets = {
+        "ORT fp32 >= 1.25x torch eager": t["p50_ms"] / f["p50_ms"] >= 1.25,
+        ">= 30 FPS end to end (fastest path within 1 mIoU of fp32)": fastest_ok["video_fps"] >= 30,
+        "INT8 >= 2x its fp32": f["p50_ms"] / q["p50_ms"] >= 2.0,
+        "INT8 |dmIoU| <= 1.0": abs(q["miou"] - f["miou"]) * 100 <= 1.0,
+    }
+    print(f"\nGFLOP per 360x480 frame: {gflop:.2f}; threads {a.threads}")
+    print(f"ORT fp32 / torch: {t['p50_ms'] / f['p50_ms']:.2f}x   INT8 / ORT fp32: {f['p50_ms'] / q['p50_ms']:.2f}x   "
+          f"INT8 dmIoU {100 * (q['miou'] - f['miou']):+.2f}")
+    for k, ok in targets.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {k}")
+    report = {"weights": str(a.weights), "threads": a.threads, "size": SIZE, "gflop": gflop, "rows": rows,
+              "targets": targets, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (a.out / "edge.json").write_text(json.dumps(report, indent=1))
+    print(f"report: {a.out / 'edge.json'}")
+
+
+if __name__ == "__main__":
+    main()
