@@ -103,3 +103,23 @@ def test_bad_labelled_data_refused(tmp_path):
     (root / "masks" / "train" / f"{lab[0]}.png").unlink()
     with pytest.raises(DataError, match="missing_mask"):
         build_train_loaders(cfg(root, dataset="folder", labelled_list=str(root / "splits" / "labeled.txt")))
+
+
+def test_global_batch_is_shared_by_the_ranks(demo_root):
+    from igldt.data.loaders import per_rank_batch
+    base = dict(dataset="demo", root=str(demo_root), fraction=0.25, crop=[32, 40], workers=0)
+    glob = load_config(None, data=base, train=dict(batch_size=4, seed=0, global_batch=True))
+    per_gpu = load_config(None, data=base, train=dict(batch_size=4, seed=0))
+    assert per_gpu.train.global_batch is False  # the default: per process, as before
+    for world, each in ((1, 4), (2, 2), (4, 1)):
+        lab, unl = build_train_loaders(glob, rank=world - 1, world=world)
+        assert lab.batch_size == unl.batch_size == each
+    assert build_train_loaders(per_gpu, rank=1, world=2)[0].batch_size == 4
+    with pytest.raises(ValueError, match=r"train.batch_size=4 is the global batch .* 3 processes cannot share it"):
+        build_train_loaders(glob, rank=0, world=3)
+    for name, batch in (("voc-r50", 12), ("voc-r101", 12), ("cityscapes-r101", 8)):  # METHOD.md's global batch
+        paper = load_config(name).train
+        assert paper.global_batch is True and paper.batch_size == batch
+        assert per_rank_batch(paper, 4) == batch // 4 and per_rank_batch(paper, 1) == batch
+    with pytest.raises(ValueError, match="train.batch_size=12"):
+        per_rank_batch(load_config("voc-r50").train, 5)

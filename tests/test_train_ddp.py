@@ -1,5 +1,7 @@
 """DDP: `torchrun --nproc_per_node 2` (gloo, CPU) trains the student stage on the same global batch
-as one process, and its losses and weights match.
+as one process (train.global_batch: each rank loads half), and its losses and weights match; its
+validation is sharded over the ranks and scores exactly what one process scores on the same
+weights; a time-based checkpoint that falls due on one rank only is written with both in step.
 
 What makes the comparison meaningful: each rank sees half of every global batch (a sharded
 sampler), so equality needs DDP's gradient all-reduce and the loop's loss all-reduce. The student
@@ -8,38 +10,77 @@ statistics would differ per rank; SyncBatchNorm, the fix on GPUs, is CUDA-only i
 frozen teachers use BatchNorm in eval mode, which is batch independent anyway. Every loss term is a
 per-image mean with equal pixel counts per image, so the mean of the rank means is the global mean.
 """
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train_loop import Synthetic, Tiny, config, losses  # noqa: E402
+from test_train_loop import N_CLASSES, Synthetic, Tiny, config, losses  # noqa: E402
 
-from igldt.data.loaders import ShardedSampler  # noqa: E402
+import igldt.checkpoint  # noqa: E402
+import igldt.train.loop as loop  # noqa: E402
+from igldt.data.loaders import ShardedSampler, per_rank_batch  # noqa: E402
 from igldt.train import distributed as D  # noqa: E402
-from igldt.train.loop import fit  # noqa: E402
+from igldt.train.loop import fit, make_validator  # noqa: E402
+from igldt.train.logger import read_metrics  # noqa: E402
 from igldt.train.stages import StudentStage  # noqa: E402
 
 ITERS, GLOBAL_BATCH = 3, 4
 
 
+class ValSet:
+    """Five labelled RGB images (an odd count: the shards differ in size), SegDataset's reading API."""
+    classes = [f"c{i}" for i in range(N_CLASSES)]
+
+    def __init__(self, indices=range(5)):
+        self.indices = list(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def subset(self, indices):
+        return ValSet([self.indices[i] for i in indices])
+
+    def load_image(self, i):
+        return np.random.default_rng(self.indices[i]).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+
+    def load_mask(self, i):
+        return self.load_image(i).argmax(-1).astype(np.uint8)
+
+
+def student(state=None):
+    model = Tiny(0, norm="gn", dropout=0.0)
+    if state is not None:
+        model.load_state_dict(state)
+    return model
+
+
 def run(out: Path, ctx: D.DistContext) -> StudentStage:
-    per_rank = GLOBAL_BATCH // ctx.world
-    cfg = config(iters=ITERS, batch_size=per_rank)
+    cfg = config(iters=ITERS, batch_size=GLOBAL_BATCH, global_batch=True, save_every_s=500)
+    per_rank = per_rank_batch(cfg["train"], ctx.world)
+    assert per_rank == GLOBAL_BATCH // ctx.world
 
     def loader(ds, seed):
         return DataLoader(ds, batch_size=per_rank, sampler=ShardedSampler(len(ds), ctx.rank, ctx.world, seed),
                           drop_last=True)
 
-    stage = StudentStage(cfg, Tiny(0, norm="gn", dropout=0.0), Tiny(10), Tiny(11))
-    fit(stage, (loader(Synthetic(8, 1, True), 0), loader(Synthetic(16, 2, False), 1)), cfg, out, ctx=ctx)
+    stage = StudentStage(cfg, student(), Tiny(10), Tiny(11))
+    fit(stage, (loader(Synthetic(8, 1, True), 0), loader(Synthetic(16, 2, False), 1)), cfg, out, ctx=ctx,
+        val=make_validator(cfg, ValSet(), ctx))  # validates once, at the end
     return stage
+
+
+def val_score(run_dir: Path) -> float:
+    (record,) = [r for r in read_metrics(run_dir / "metrics.jsonl") if "val" in r]
+    return record["val"]["miou_student"]
 
 
 @pytest.mark.slow
@@ -64,13 +105,35 @@ def test_ddp_two_processes_match_one(tmp_path):
     ddp = torch.load(tmp_path / "ddp" / "student.pt")
     for k, v in single.modules()["student"].state_dict().items():
         assert torch.allclose(v, ddp[k], rtol=1e-4, atol=1e-6), k
+    # The sharded validation's score is the whole set's, exactly: one process on the same weights.
+    cfg = config(iters=ITERS)
+    whole = make_validator(cfg, ValSet(), D.DistContext())(student(ddp).eval())
+    shard0 = make_validator(cfg, ValSet(range(0, 5, 2)), D.DistContext())(student(ddp).eval())
+    assert val_score(tmp_path / "ddp") == whole != shard0  # not rank 0's images alone
+    assert val_score(tmp_path / "single") == pytest.approx(whole, abs=0.02)
+    # Rank 1's clock said "save" after every step, rank 0's never: both saved, in step, each time.
+    assert json.loads((tmp_path / "ddp" / "saves.json").read_text()) == list(range(1, ITERS + 1))
 
 
 if __name__ == "__main__":  # one torchrun worker
     torch.set_num_threads(1)
     ctx = D.setup("cpu")
     assert ctx.world == 2, "launch with torchrun --nproc_per_node 2"
+    saves, real_save = [], igldt.checkpoint.save_checkpoint
+    if ctx.rank == 1:  # a clock that jumps 1000 s a reading: train.save_every_s=500 is due after every step
+        ticks = iter(range(0, 10**9, 1000))
+        loop.clock = lambda: float(next(ticks))
+    else:  # rank 0's clock stands still, and it records the last.pt it writes
+        loop.clock = lambda: 0.0
+
+        def record(path, payload):
+            if payload["kind"] == "resume":
+                saves.append(payload["iteration"])
+            return real_save(path, payload)
+
+        igldt.checkpoint.save_checkpoint = record
     stage = run(Path(sys.argv[1]), ctx)
     if ctx.is_main:
         torch.save(stage.modules()["student"].state_dict(), Path(sys.argv[1]) / "student.pt")
+        (Path(sys.argv[1]) / "saves.json").write_text(json.dumps(saves))
     D.teardown(ctx)

@@ -1,5 +1,6 @@
 """The training loop with tiny stand-in models and data: resume equivalence (after a real SIGINT),
-swap parity across a resume, frozen teachers, non-finite losses, run-folder safety."""
+swap parity across a resume, frozen teachers, non-finite losses, run-folder safety, periodic
+resumable checkpoints (the SIGKILL test is tests/test_train_kill.py)."""
 import os
 import signal
 
@@ -218,3 +219,55 @@ def test_run_dir_is_never_silently_reused(tmp_path):
         prepare_run_dir(tmp_path / "old", resuming=False, exist_ok=False)
     prepare_run_dir(tmp_path / "old", resuming=True, exist_ok=False)
     prepare_run_dir(tmp_path / "old", resuming=False, exist_ok=True)
+
+
+@pytest.mark.parametrize("every, seconds, expected", [
+    (0, 0, [8]),  # only the end (no validation in these runs)
+    (3, 0, [3, 6, 8]),
+    (0, 25, [3, 6, 8]),  # 10 "seconds" an iteration: due once 25 have passed since the last save
+    (2, 25, [2, 4, 6, 8]),  # the iteration saves reset the clock, so the time rule never fires
+])
+def test_periodic_resumable_checkpoints(tmp_path, monkeypatch, every, seconds, expected):
+    import igldt.checkpoint
+    import igldt.train.loop as loop
+    now = [0.0]
+    monkeypatch.setattr(loop, "clock", lambda: now[0])
+    written = []
+    real_save = igldt.checkpoint.save_checkpoint
+
+    def spy(path, payload):
+        if payload["kind"] == "resume":
+            written.append(payload["iteration"])
+        return real_save(path, payload)
+
+    monkeypatch.setattr(igldt.checkpoint, "save_checkpoint", spy)
+    cfg = config(iters=8, save_every=every, save_every_s=seconds)
+    stage = SupervisedStage(cfg, Tiny(0))
+
+    def tick(m):
+        now[0] += 10.0
+
+    stage.modules()["student"].on_forward = tick
+    assert fit(stage, loaders(), cfg, tmp_path / "r").finished
+    assert written == expected
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["iteration"] == 8
+
+
+def test_negative_save_interval_is_refused(tmp_path):
+    cfg = config(save_every=-1)
+    with pytest.raises(ValueError, match="train.save_every=-1"):
+        fit(SupervisedStage(cfg, Tiny(0)), loaders(), cfg, tmp_path / "x")
+
+
+def test_resume_drops_a_log_line_torn_by_a_kill(tmp_path):
+    cfg = config(iters=4, save_every=2)
+    stage = SupervisedStage(cfg, Tiny(0))
+    fit(stage, loaders(), cfg, tmp_path / "r")
+    log = tmp_path / "r" / "metrics.jsonl"
+    log.write_text(log.read_text() + '{"iteration": 5, "lo')  # a kill in the middle of a line
+    assert [r["iteration"] for r in read_metrics(log)] == [1, 2, 3, 4]  # the torn line is skipped on read
+    from igldt.train.loop import _truncate_log
+    _truncate_log(log, 4)  # resuming from the save at iteration 4: only the torn line goes
+    assert log.read_text().endswith("}\n") and [r["iteration"] for r in read_metrics(log)] == [1, 2, 3, 4]
+    _truncate_log(log, 2)  # from the one at iteration 2: the lines after it go too
+    assert [r["iteration"] for r in read_metrics(log)] == [1, 2]

@@ -216,16 +216,30 @@ def train_datasets(cfg: Mapping[str, Any]) -> tuple[SegDataset, SegDataset | Non
     return labelled, unlabelled
 
 
+def per_rank_batch(train: Mapping[str, Any], world: int) -> int:
+    """Labelled (and unlabelled) images one rank loads per step: `train.batch_size`, or with
+    `train.global_batch` its 1/world share (a ValueError when world does not divide it)."""
+    batch = int(train["batch_size"])
+    if not train.get("global_batch") or world == 1:
+        return batch
+    if batch % world:
+        raise ValueError(f"train.batch_size={batch} is the global batch (train.global_batch: true) and "
+                         f"{world} processes cannot share it evenly; run on a number of GPUs that divides "
+                         f"{batch}, or set train.batch_size to a multiple of {world}")
+    return batch // world
+
+
 def build_train_loaders(cfg: Mapping[str, Any], rank: int = 0, world: int = 1, validate: bool = True
                         ) -> tuple[SeededLoader, SeededLoader | None]:
     """(labelled_loader, unlabelled_loader | None) for one rank, from `data:` and `train:` keys.
 
     The labelled list is repeated to the unlabelled length so one epoch pairs every unlabelled
-    image with a labelled one; `train.batch_size` is per rank for both. With `validate`, the
+    image with a labelled one; both load `per_rank_batch(train, world)` images a step. With `validate`, the
     labelled set is checked completely (`assert_valid`) and unlabelled images must exist.
     Call `loader.set_epoch(epoch)` on both loaders at the start of every epoch.
     """
     d, t = _section(cfg, "data"), _section(cfg, "train")
+    batch = per_rank_batch(t, world)  # before the data check, which can take minutes
     labelled, unlabelled = train_datasets(cfg)
     if validate:
         assert_valid(labelled)
@@ -234,7 +248,7 @@ def build_train_loaders(cfg: Mapping[str, Any], rank: int = 0, world: int = 1, v
             if missing:
                 raise DataError(f"{len(missing)} unlabelled images are missing (first: {missing[0]}); "
                                 "fix the unlabelled list or restore the files")
-    seed, batch, workers = int(t.get("seed", 0)), int(t["batch_size"]), int(d.get("workers", 0))
+    seed, workers = int(t.get("seed", 0)), int(d.get("workers", 0))
     common = dict(crop=d.get("crop"), scale=d.get("scale"), flip=bool(d.get("flip", True)),
                   mean=d.get("mean", T.IMAGENET_MEAN), std=d.get("std", T.IMAGENET_STD), seed=seed)
     length = max(len(labelled), len(unlabelled)) if unlabelled is not None else len(labelled)

@@ -10,6 +10,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -96,6 +97,20 @@ def all_true(flag: bool, ctx: DistContext) -> bool:
     t = torch.tensor([0.0 if flag else 1.0], device=ctx.device)
     dist.all_reduce(t)
     return t.item() == 0.0
+
+
+def any_true(flag: bool, ctx: DistContext) -> bool:
+    """True on every rank when `flag` is true on any rank (e.g. "my save interval has passed")."""
+    return not all_true(not flag, ctx)
+
+
+def all_reduce_sum(array: np.ndarray, ctx: DistContext) -> np.ndarray:
+    """Element-wise sum of a numpy array over ranks (e.g. the validation confusion matrices)."""
+    if not ctx.distributed:
+        return array
+    t = torch.from_numpy(np.ascontiguousarray(array)).to(ctx.device)
+    dist.all_reduce(t)
+    return t.cpu().numpy()
 
 
 def all_reduce_mean(values: dict[str, float], ctx: DistContext) -> dict[str, float]:

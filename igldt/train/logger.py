@@ -78,7 +78,16 @@ def read_metrics(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for k, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if k < len(lines) - 1:
+                raise
+            # a process killed mid-write leaves a torn last line; a resume truncates the log past it
+    return records
 
 
 def plot_metrics(path: Path, out_png: Path) -> Path | None:

@@ -5,6 +5,11 @@ gradient accumulation, DDP) -> SGD step with poly decay -> logging, periodic val
 last checkpoints. `train` builds everything from a config (data, models, stage, devices) and
 calls `fit`; the CLI (`igldt train`) and the demo call `train`.
 
+`last.pt` (kind "resume") is written at each validation, every `train.save_every` iterations,
+every `train.save_every_s` seconds, on Ctrl-C/SIGTERM and at the end, always atomically: a
+SIGKILL at any moment leaves the previous complete checkpoint, and resuming from it reproduces the
+uninterrupted run's weights exactly (tests/test_train_kill.py).
+
 Iterations t are optimiser updates, counted from 1 (the swap of (11) reads t); with gradient
 accumulation all micro-batches of one update share t.
 """
@@ -12,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from igldt.io import write_text_atomic
 from igldt.train import distributed as D
 from igldt.train.logger import RunLogger, plot_metrics, read_metrics
 from igldt.train.optim import build_amp, build_optimizer, build_scheduler
@@ -28,6 +36,7 @@ from igldt.train.stages import STAGES, Stage
 from igldt.train.stream import BatchStream, capture_rng, restore_rng, seed_everything
 
 RESUME_FORMAT = "igldt/1"
+clock = time.monotonic  # what train.save_every_s measures (tests substitute a deterministic one)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -112,11 +121,29 @@ def _no_sync(stage: Stage, skip_sync: bool):
 
 
 def _truncate_log(path: Path, iteration: int) -> None:
-    """A resumed run redoes the iterations after its checkpoint: drop their old log lines."""
-    records = read_metrics(path)
-    keep = [r for r in records if r.get("iteration", 0) <= iteration]
-    if len(keep) != len(records):
-        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    """A resumed run redoes the iterations after its checkpoint: drop their old log lines (and a
+    line torn by a kill, which the resumed run's lines would otherwise be appended to)."""
+    if not path.exists():
+        return
+    keep = [r for r in read_metrics(path) if r.get("iteration", 0) <= iteration]
+    text = "".join(json.dumps(r) + "\n" for r in keep)
+    if path.read_text() != text:
+        write_text_atomic(path, text)
+
+
+def _remove_stale_temp_files(out_dir: Path) -> None:
+    """A kill during a checkpoint write leaves the atomic writer's temp file (`.last.pt.*.tmp`): drop them."""
+    for name in ("last.pt", "best.pt"):
+        for tmp in out_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def save_intervals(train) -> tuple[int, float]:
+    """(train.save_every iterations, train.save_every_s seconds); 0 turns either off."""
+    every, seconds = int(train["save_every"] or 0), float(train["save_every_s"] or 0)
+    if every < 0 or seconds < 0:
+        raise ValueError(f"train.save_every={every}, train.save_every_s={seconds}: use 0 (off) or a positive number")
+    return every, seconds
 
 
 def total_iterations(train, batches_per_epoch: int) -> tuple[int, int]:
@@ -139,8 +166,9 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
         resume: dict | None = None) -> FitResult:
     """Train `stage` on `loaders` = (labelled, unlabelled | None) and write checkpoints to `out_dir`.
 
-    `val(model) -> mIoU` validates (rank 0); `meta` ({"dataset_meta": {classes, palette}, "config"})
-    goes into best.pt; `resume` is a loaded last.pt.
+    `val(model) -> mIoU` validates; it runs on every rank (`make_validator` shards the images and
+    sums the ranks' confusion matrices) and rank 0's score is the one used. `meta` ({"dataset_meta":
+    {classes, palette}, "config"}) goes into best.pt; `resume` is a loaded last.pt.
     """
     tc = cfg["train"]
     ctx = ctx or D.DistContext()
@@ -168,8 +196,10 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
     val_every = int(tc["val_every"]) or per_epoch
     log_every = max(1, int(tc["log_every"]))
     max_nonfinite = int(tc["max_nonfinite"])
+    save_every, save_every_s = save_intervals(tc)
 
     it, best, skipped, consecutive, history = 0, None, 0, 0, []
+    window: dict[str, list[float]] = {}  # term -> [sum, updates]: glo/loc appear on alternate iterations
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
@@ -181,6 +211,8 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
         if len(ranks) != ctx.world and ctx.is_main:
             print(f"warning: resuming a {len(ranks)}-process run on {ctx.world}: data order continues, "
                   "but not bit for bit")
+        consecutive = int(mine.get("consecutive", 0))
+        window = {k: list(v) for k, v in mine.get("window", {}).items()}  # the log's running means
         stream.restore(mine["stream"])  # re-opens the data iterators where they were
         restore_rng(mine["rng"])  # then the RNG exactly as at the checkpoint
     else:
@@ -189,13 +221,24 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(out_dir / "metrics.jsonl", it)
+        if resume is not None:
+            _remove_stale_temp_files(out_dir)
     log = RunLogger(out_dir, total, start=it, enabled=ctx.is_main, desc=stage.name)
     say = log.message if ctx.is_main else (lambda s: None)
     result = FitResult(out_dir, stage.name, it, total, best_score=best, skipped=skipped, history=history)
 
     # -- checkpoints -------------------------------------------------------------------------------
+    saved = {"iteration": None, "time": clock()}  # the last last.pt written
+
     def save_last() -> None:
-        ranks = D.gather_object({"rng": capture_rng(), "stream": stream.state()}, ctx)
+        if saved["iteration"] == it:  # e.g. the end of a run that has just validated: already on disk
+            return
+        # Everything a resume needs, per rank: RNG states, data positions, the log's running window
+        # and the non-finite streak; plus (below) models, optimiser (momentum), schedule, AMP scaler,
+        # iteration (which also fixes the student's swap parity), best score and history.
+        mine = {"rng": capture_rng(), "stream": stream.state(), "consecutive": consecutive,
+                "window": {k: list(v) for k, v in window.items()}}
+        ranks = D.gather_object(mine, ctx)
         if ctx.is_main:
             from igldt.checkpoint import save_checkpoint
             save_checkpoint(out_dir / "last.pt", {
@@ -206,6 +249,13 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
                 "teachers": getattr(stage, "teachers_path", None)})
             result.last = out_dir / "last.pt"
         D.barrier(ctx)
+        saved.update(iteration=it, time=clock())
+
+    def save_due() -> bool:
+        """A periodic last.pt now? By iteration count, or by time on any rank (all ranks agree)."""
+        if save_every and it % save_every == 0:
+            return True
+        return bool(save_every_s) and D.any_true(clock() - saved["time"] >= save_every_s, ctx)
 
     def save_best(score: float | None) -> None:
         if ctx.is_main and meta is not None:
@@ -216,8 +266,7 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
 
     def validate() -> None:
         nonlocal best
-        scores = stage.validate(val) if ctx.is_main else None
-        scores = D.broadcast_object(scores, ctx)
+        scores = D.broadcast_object(stage.validate(val), ctx)  # every rank validates (its shard)
         history.append({"iteration": it, **scores})
         log.val(it, scores)
         if best is None or scores["score"] > best:
@@ -225,7 +274,6 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
             save_best(best)
 
     # -- steps -------------------------------------------------------------------------------------
-    window: dict[str, list[float]] = {}  # term -> [sum, updates]: glo/loc appear on alternate iterations
     stage.train()
     with _StopRequest(say) as stop:
         try:
@@ -289,6 +337,8 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
                 if val is not None and (it % val_every == 0 or it == total):
                     validate()
                     save_last()
+                elif it < total and save_due():  # independent of validation: a kill loses little
+                    save_last()
         finally:
             log.close()
     if result.interrupted:
@@ -319,6 +369,38 @@ def prepare_run_dir(out_dir: Path, resuming: bool, exist_ok: bool) -> None:
                           "overwrite it with --exist-ok, or choose another --out")
 
 
+def make_validator(cfg, dataset, ctx: D.DistContext) -> Callable[[torch.nn.Module], float]:
+    """`val(model) -> mIoU` over a labelled dataset (a `SegDataset`), with cfg.train's eval_mode,
+    eval_crop, eval_stride and amp, to be called on every rank at once.
+
+    Sharded: rank r scores images r, r + world, r + 2 world, ... and the ranks sum their confusion
+    matrices, so each gets the whole set's mIoU (the same number one process gets) in 1/world of
+    the time. Rank 0 validating alone would leave the other ranks waiting in a collective for the
+    whole validation (Cityscapes' 500 images in slide mode on one GPU), towards the process group's
+    timeout; here the ranks wait only for the slowest shard.
+    """
+    from igldt.evaluate import MODES, _pair, make_predictor
+    from igldt.metrics import ConfusionMatrix, evaluate_predictor
+    d, tc = cfg["data"], cfg["train"]
+    mode, crop = tc["eval_mode"], tc["eval_crop"]
+    if mode not in MODES:  # refused before training, not at the first validation hours later
+        raise ValueError(f"train.eval_mode={mode!r}: choose one of {', '.join(MODES)}")
+    if mode != "whole":
+        crop = _pair(crop, "train.eval_crop")
+    n = len(dataset.classes)
+    shard = dataset if ctx.world == 1 else dataset.subset(range(ctx.rank, len(dataset), ctx.world))
+
+    def val(model: torch.nn.Module) -> float:
+        predict = make_predictor(model, d["mean"], d["std"], mode, crop, tc["eval_stride"], ctx.device, tc["amp"])
+        _, cm = evaluate_predictor(predict, shard, num_classes=n, center_crop=crop if mode == "center" else None)
+        total = ConfusionMatrix(n)
+        total.merge(D.all_reduce_sum(cm.matrix, ctx))
+        miou = total.miou()
+        return float(miou) if math.isfinite(miou) else 0.0
+
+    return val
+
+
 def default_out_dir(stage: str) -> Path:
     return Path("runs") / stage
 
@@ -332,7 +414,6 @@ def train(cfg, stage: str, out_dir: str | Path | None = None, *, teachers: str |
     """
     from igldt.checkpoint import load_checkpoint
     from igldt.data.loaders import build_train_loaders, build_val_set
-    from igldt.evaluate import evaluate
     from igldt.train.stages import build_stage
 
     if stage not in STAGES:
@@ -352,13 +433,7 @@ def train(cfg, stage: str, out_dir: str | Path | None = None, *, teachers: str |
         val_set = build_val_set(cfg)
         classes = list(val_set.classes)
         built = build_stage(cfg, stage, len(classes), teachers)
-        d, tc = cfg["data"], cfg["train"]
-
-        def val(model) -> float:
-            report = evaluate(model, val_set.ds, d["mean"], d["std"], mode=tc["eval_mode"], crop=tc["eval_crop"],
-                              stride=tc["eval_stride"], device=ctx.device, amp=tc["amp"])
-            return float(report["miou"] or 0.0)
-
+        val = make_validator(cfg, val_set.ds, ctx)
         meta = {"dataset_meta": {"classes": classes, "palette": val_set.ds.palette}, "config": dict(cfg)}
         return fit(built, loaders, cfg, out_dir, ctx=ctx, val=val, meta=meta, resume=resume_ckpt)
     finally:
