@@ -263,6 +263,11 @@ def figure_paths(report: str | Path) -> tuple[Path, Path]:
     return report.with_name(f"{stem}.confusion.png"), report.with_name(f"{stem}.samples.png")
 
 
+def run_figure_paths(folder: str | Path) -> tuple[Path, Path]:
+    """(confusion, samples) PNG paths in a training run folder, overwritten at each validation."""
+    return Path(folder) / "confusion.png", Path(folder) / "samples.png"
+
+
 def write_figures(cm: ConfusionMatrix, samples: Sequence[Sample], classes: Sequence[str], palette,
                   confusion_png: str | Path, samples_png: str | Path) -> list[Path]:
     """The confusion PNG, and the samples PNG when samples were kept; the paths written."""

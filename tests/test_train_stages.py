@@ -152,3 +152,13 @@ def test_cps_pair_is_symmetric():
         sched.step()
     for (k, a), b in zip(g.state_dict().items(), r.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_each_validation_draws_figures_into_the_run_folder(runs):
+    base, _, out = runs
+    for stage in out:
+        confusion = cv2.imread(str(base / stage / "confusion.png"))
+        samples = cv2.imread(str(base / stage / "samples.png"))
+        assert confusion is not None and samples is not None, stage
+        assert samples.shape[0] > 2 * 32 * 320 // 48  # both validation images, a row each
+        assert not list((base / stage).glob(".*.tmp"))  # written through a temp file, then renamed
