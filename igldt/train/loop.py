@@ -369,7 +369,8 @@ def prepare_run_dir(out_dir: Path, resuming: bool, exist_ok: bool) -> None:
                           "overwrite it with --exist-ok, or choose another --out")
 
 
-def make_validator(cfg, dataset, ctx: D.DistContext) -> Callable[[torch.nn.Module], float]:
+def make_validator(cfg, dataset, ctx: D.DistContext,
+                   figures: Path | None = None) -> Callable[[torch.nn.Module], float]:
     """`val(model) -> mIoU` over a labelled dataset (a `SegDataset`), with cfg.train's eval_mode,
     eval_crop, eval_stride and amp, to be called on every rank at once.
 
@@ -380,6 +381,7 @@ def make_validator(cfg, dataset, ctx: D.DistContext) -> Callable[[torch.nn.Modul
     timeout; here the ranks wait only for the slowest shard.
     """
     from igldt.evaluate import MODES, _pair, make_predictor
+    from igldt.figures import SAMPLES, SampleKeeper, run_figure_paths, write_figures
     from igldt.metrics import ConfusionMatrix, evaluate_predictor
     d, tc = cfg["data"], cfg["train"]
     mode, crop = tc["eval_mode"], tc["eval_crop"]
@@ -392,9 +394,13 @@ def make_validator(cfg, dataset, ctx: D.DistContext) -> Callable[[torch.nn.Modul
 
     def val(model: torch.nn.Module) -> float:
         predict = make_predictor(model, d["mean"], d["std"], mode, crop, tc["eval_stride"], ctx.device, tc["amp"])
-        _, cm = evaluate_predictor(predict, shard, num_classes=n, center_crop=crop if mode == "center" else None)
+        keep = SampleKeeper(SAMPLES if ctx.is_main else 0, len(shard))
+        _, cm = evaluate_predictor(predict, shard, num_classes=n, center_crop=crop if mode == "center" else None,
+                                   observe=keep)
         total = ConfusionMatrix(n)
         total.merge(D.all_reduce_sum(cm.matrix, ctx))
+        if figures is not None and ctx.is_main:  # figures/confusion.png, samples.png: overwritten each time
+            write_figures(total, keep.samples, dataset.classes, dataset.palette, *run_figure_paths(figures))
         miou = total.miou()
         return float(miou) if math.isfinite(miou) else 0.0
 
@@ -433,7 +439,7 @@ def train(cfg, stage: str, out_dir: str | Path | None = None, *, teachers: str |
         val_set = build_val_set(cfg)
         classes = list(val_set.classes)
         built = build_stage(cfg, stage, len(classes), teachers)
-        val = make_validator(cfg, val_set.ds, ctx)
+        val = make_validator(cfg, val_set.ds, ctx, figures=out_dir)
         meta = {"dataset_meta": {"classes": classes, "palette": val_set.ds.palette}, "config": dict(cfg)}
         return fit(built, loaders, cfg, out_dir, ctx=ctx, val=val, meta=meta, resume=resume_ckpt)
     finally:
