@@ -16,7 +16,11 @@ from .common import hint
 @click.option("--calib", type=click.Path(), default=None,
               help="Folder of real images for INT8 calibration (default: the checkpoint's unlabelled training pool).")
 @click.option("--calib-count", type=int, default=64, show_default=True, help="Calibration images to use.")
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True)
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True,
+              help="percentile and entropy keep a histogram of every activation: GBs of memory at full resolution.")
+@click.option("--int8-target", type=click.Choice(["ort", "tensorrt"]), default=None,
+              help="Engine the INT8 graph is shaped for: ort (uint8 activations, every op quantised; default for "
+                   "--format onnx) or tensorrt (symmetric int8; default for --format trt, or an ONNX for trtexec).")
 @click.option("--imgsz", nargs=2, type=int, default=None, metavar="H W",
               help="Export / optimisation size, multiples of 32 (default: the training crop).")
 @click.option("--dynamic/--static", default=True, show_default=True,
@@ -30,7 +34,7 @@ from .common import hint
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--check-images", "check_count", type=int, default=8, show_default=True,
               help="Real images for the ONNX Runtime vs PyTorch check (0 to skip).")
-def export(weights, fmt, precision, calib, calib_count, calib_method, imgsz, dynamic, max_batch, output,
+def export(weights, fmt, precision, calib, calib_count, calib_method, int8_target, imgsz, dynamic, max_batch, output,
            bake_preprocess, workspace, out, force, check_count):
     """Export a trained student to ONNX or a TensorRT engine (plus a `<file>.json` metadata sidecar)."""
     from igldt.export.onnx import ExportError
@@ -43,7 +47,7 @@ def export(weights, fmt, precision, calib, calib_count, calib_method, imgsz, dyn
     try:
         r = run_export(weights, fmt, precision, calib=calib, imgsz=tuple(imgsz) if imgsz else None, dynamic=dynamic,
                        output=output, bake_preprocess=bake_preprocess, force=force, out=out, calib_count=calib_count,
-                       calib_method=calib_method, check_count=check_count, max_batch=max_batch,
+                       calib_method=calib_method, int8_target=int8_target, check_count=check_count, max_batch=max_batch,
                        workspace_gib=workspace, echo=click.echo)
     except (ExportError, DeployError) as e:
         raise click.ClickException(str(e)) from None

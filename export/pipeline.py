@@ -66,7 +66,8 @@ def _default_imgsz(meta: dict, stride: int) -> tuple[int, int]:
 def run_export(weights: str | Path, fmt: str = "onnx", precision: str = "fp32", *, calib: str | Path | None = None,
                imgsz: tuple[int, int] | None = None, dynamic: bool = True, output: str = "logits",
                bake_preprocess: bool = False, force: bool = False, out: str | Path | None = None,
-               calib_count: int = 64, calib_method: str = "minmax", check_count: int = 8, max_batch: int = 8,
+               calib_count: int = 64, calib_method: str = "minmax", int8_target: str | None = None,
+               check_count: int = 8, max_batch: int = 8,
                workspace_gib: float = 4.0, timing_cache: str | Path | None = None, opset: int | None = None,
                demo_root: str | Path | None = None, echo: Callable[[str], None] = print) -> ExportResult:
     weights = Path(weights)
@@ -151,7 +152,9 @@ def run_export(weights: str | Path, fmt: str = "onnx", precision: str = "fp32", 
             fp32 = work / "fp32.onnx"
             save_model(proto, fp32)
             meta_q = dict(meta, input=dict(meta["input"]))
-            report = quantize_int8(fp32, onnx_tmp, loaders, meta_q, calib_method)
+            # the engine that will run the graph decides its form (export/quantize.py)
+            target = int8_target or ("tensorrt" if fmt == "trt" else "ort")
+            report = quantize_int8(fp32, onnx_tmp, loaders, meta_q, calib_method, target)
             meta["calibration"] = {"source": desc, **report}
             proto = onnx.load(str(onnx_tmp))
         md.embed_in_onnx(proto, meta)

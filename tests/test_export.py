@@ -97,22 +97,53 @@ def test_fp32_onnx_matches_pytorch(trained, fp32, reference):
         assert np.abs(a - b).max() < 1e-3
 
 
-def test_int8_qdq_end_to_end_on_cpu(trained, reference):
+def _zero_points(model) -> list[np.ndarray]:
+    inits = {i.name: i for i in model.graph.initializer}
+    return [onnx.numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits]
+
+
+def test_int8_qdq_end_to_end_on_cpu(trained, reference, tmp_path):
+    """--format onnx: the graph ORT runs with integer kernels (uint8 activations, every op quantised, each
+    DQ -> Conv -> Q fused into QLinearConv), close to fp32 on real images."""
+    import onnxruntime as ort
+
     r = run_export(trained["ckpt"], "onnx", "int8", out=trained["root"] / "student_int8.onnx",
                    calib_count=16, check_count=0)
     model = onnx.load(str(r.path))
     ops = Counter(n.op_type for n in model.graph.node)
     assert ops["QuantizeLinear"] > 10 and ops["DequantizeLinear"] > ops["QuantizeLinear"]
-    inits = {i.name: i for i in model.graph.initializer}
-    zero_points = [onnx.numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
-                   if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits]
-    assert zero_points and all((z == 0).all() and z.dtype == np.int8 for z in zero_points)  # symmetric: TensorRT-ready
+    activations = [z for z in _zero_points(model) if z.ndim == 0]
+    assert activations and all(z.dtype == np.uint8 for z in activations)  # U8S8: what ORT's x86 kernels want
     assert r.meta["precision"] == "int8" and "unlabelled" in r.meta["calibration"]["source"]
+    assert r.meta["calibration"]["target"] == "ort"
     assert r.path.stat().st_size < 0.4 * (trained["root"] / "student.pt").stat().st_size
+    # what ORT makes of it: integer convolutions, not float ones fed by dequantised weights
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(r.path), so, providers=["CPUExecutionProvider"])
+    fused = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    assert fused["QLinearConv"] >= 0.9 * ops["Conv"] and fused["Conv"] + fused["FusedConv"] <= 0.1 * ops["Conv"], fused
     res = compare(Predictor(r.path, device="cpu"), reference, trained["val"])
     print(f"\nint8 parity: ref mIoU {100 * res['reference']['miou']:.2f}, int8 {100 * res['engine']['miou']:.2f}, "
           f"delta {res['delta_miou_points']:+.2f} points, agreement {res['pixel_agreement']:.4f}")
     assert res["pixel_agreement"] > 0.9 and res["delta_miou_points"] > -5.0
+
+
+def test_int8_for_tensorrt_is_symmetric(trained, reference):
+    """--int8-target tensorrt (the default of --format trt): zero points all 0 in int8, as TensorRT's
+    explicit quantisation requires, residual Adds quantised too."""
+    r = run_export(trained["ckpt"], "onnx", "int8", out=trained["root"] / "student_int8_trt.onnx",
+                   calib_count=8, check_count=0, int8_target="tensorrt")
+    model = onnx.load(str(r.path))
+    zero_points = _zero_points(model)
+    assert zero_points and all((z == 0).all() and z.dtype == np.int8 for z in zero_points)
+    quantised_inputs = {i for n in model.graph.node if n.op_type == "DequantizeLinear" for i in n.output}
+    adds = [n for n in model.graph.node if n.op_type == "Add" and any(i in quantised_inputs for i in n.input)]
+    assert adds, "no Add has a quantised input"
+    assert r.meta["calibration"]["target"] == "tensorrt"
+    res = compare(Predictor(r.path, device="cpu"), reference, trained["val"])
+    assert res["pixel_agreement"] > 0.9
 
 
 def test_labels_output_and_baked_preprocess_match_plain(trained, fp32):
