@@ -20,25 +20,25 @@ from igldt.runtime import Predictor  # noqa: E402
 from igldt.runtime.metadata import read_sidecar, sidecar_path  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A resnet18 DeepLabV3+ student trained for a few SGD steps on the demo data (mIoU well above chance)."""
+def train_student(root, backbone: str = "resnet18", steps: int = 25, mean=(0.485, 0.456, 0.406),
+                  std=(0.229, 0.224, 0.225), **arch) -> dict:
+    """A DeepLabV3+ student trained for a few SGD steps on the demo data (mIoU well above chance), saved
+    as an export-ready checkpoint."""
     from igldt.checkpoint import save_checkpoint, student_payload
     from igldt.data import build_dataset, make_demo_dataset
     from igldt.models import build_segmenter
 
-    root = tmp_path_factory.mktemp("exp")
     demo = make_demo_dataset(root / "demo")
     train, val = build_dataset("demo", demo, "train"), build_dataset("demo", demo, "val")
     torch.manual_seed(0)
-    model = build_segmenter("resnet18", len(train.classes), 16)
-    mean, std = np.float32([0.485, 0.456, 0.406]), np.float32([0.229, 0.224, 0.225])
+    model = build_segmenter(backbone, len(train.classes), 16, **arch)
+    mean, std = np.float32(mean), np.float32(std)
     xs = np.stack([((train.load_image(i) / np.float32(255) - mean) / std).transpose(2, 0, 1) for i in range(len(train))])
     ys = np.stack([train.load_mask(i) for i in range(len(train))]).astype(np.int64)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     model.train()
     rng = np.random.default_rng(0)
-    for _ in range(25):
+    for _ in range(steps):
         idx = rng.choice(len(xs), 8, replace=False)
         loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(xs[idx]))["logits"],
                                                  torch.from_numpy(ys[idx]), ignore_index=255)
@@ -49,9 +49,14 @@ def trained(tmp_path_factory):
     cfg = {"data": {"dataset": "demo", "root": str(demo), "train_split": "train", "val_split": "val",
                     "crop": [96, 128], "fraction": 0.25, "count": None, "split_seed": 0,
                     "labelled_list": None, "unlabelled_list": None}}
-    ckpt = save_checkpoint(root / "student.pt",
-                           student_payload(model, None, {"classes": train.classes, "palette": train.palette}, cfg))
+    meta = {"classes": train.classes, "palette": train.palette, "mean": mean.tolist(), "std": std.tolist()}
+    ckpt = save_checkpoint(root / "student.pt", student_payload(model, None, meta, cfg))
     return {"root": root, "ckpt": ckpt, "val": val, "demo": demo}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_student(tmp_path_factory.mktemp("exp"))
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +244,17 @@ def test_int8_cli_reads_a_relative_calib_folder(trained, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert read_sidecar(out)["calibration"]["calibration_images"] == 4
     assert str(work / "images") in read_sidecar(out)["calibration"]["source"]
+
+
+@pytest.mark.slow
+def test_int8_of_a_lite_student_passes_its_tolerance_gate(tmp_path_factory):
+    """The edge student's kind of network (EfficientNet-Lite: ReLU6, depthwise convolutions, separable
+    head): its INT8 ONNX passes `igldt evaluate --engine ... --reference ...` at the INT8 tolerance."""
+    lite = train_student(tmp_path_factory.mktemp("lite"), "tf_efficientnet_lite0", steps=30,
+                         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), head="separable")
+    out = lite["root"] / "lite_int8.onnx"
+    run_export(lite["ckpt"], "onnx", "int8", out=out, calib_count=16, check_count=0)
+    r = CliRunner().invoke(cli, ["evaluate", "--engine", str(out), "--reference", str(lite["ckpt"]),
+                                 "--data", str(lite["demo"]), "--dataset", "demo", "--split", "val", "--device", "cpu",
+                                 "--out", str(lite["root"] / "parity.json")])
+    assert r.exit_code == 0 and "PASS" in r.output, r.output
