@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = ("supervised", "teachers", "student", "cps")
 DONE = "done.json"    # per finished step: {"wall": seconds, "command": ...}; a rerun skips the step
 EVAL_DONE = "evaluate.done.json"
+KEEP_BELOW = "<!-- written above by scripts/camvid_table.py; kept below -->"
 VAL_EVERY = 200       # every stage validates every 200 iterations; best.pt is the best of these
 
 
@@ -243,8 +244,10 @@ def main() -> None:
     lines = report(found, args.preset, args.overrides, out)
     path = REPO / args.results
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Sections written by hand or by other scripts (the edge benchmark) follow the marker and are kept.
+    kept = path.read_text().split(KEEP_BELOW, 1)[1] if path.exists() and KEEP_BELOW in path.read_text() else "\n"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
+    tmp.write_text("\n".join(lines) + "\n" + KEEP_BELOW + kept)
     os.replace(tmp, path)
     print("\n".join(lines[8:8 + len(next(iter(found.values()))["val"]) + 3]))
     print(f"results: {path}")
