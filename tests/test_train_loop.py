@@ -271,3 +271,14 @@ def test_resume_drops_a_log_line_torn_by_a_kill(tmp_path):
     assert log.read_text().endswith("}\n") and [r["iteration"] for r in read_metrics(log)] == [1, 2, 3, 4]
     _truncate_log(log, 2)  # from the one at iteration 2: the lines after it go too
     assert [r["iteration"] for r in read_metrics(log)] == [1, 2]
+
+
+def test_poly_schedule_with_linear_warmup():
+    """train.warmup_iters: the rate climbs linearly to the poly curve over the first N updates, then follows it."""
+    from igldt.train.optim import poly_factor
+
+    assert poly_factor(0, 100, 0.9) == 1.0  # no warm-up: METHOD.md's plain poly
+    assert poly_factor(0, 100, 0.9, warmup=10) == pytest.approx(0.1)
+    assert poly_factor(4, 100, 0.9, warmup=10) == pytest.approx(0.5 * (1 - 4 / 100) ** 0.9)
+    for it in (9, 10, 50, 99):
+        assert poly_factor(it, 100, 0.9, warmup=10) == pytest.approx(poly_factor(it, 100, 0.9))

@@ -191,7 +191,7 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
     total, per_epoch = total_iterations(tc, len(stream))
     accum = int(tc["accum"])
     optimizer = build_optimizer(stage.param_groups(), tc)
-    scheduler = build_scheduler(optimizer, total, float(tc["poly_power"]))
+    scheduler = build_scheduler(optimizer, total, float(tc["poly_power"]), int(tc.get("warmup_iters") or 0))
     amp = build_amp(tc["amp"], device)
     val_every = int(tc["val_every"]) or per_epoch
     log_every = max(1, int(tc["log_every"]))

@@ -18,13 +18,15 @@ def build_optimizer(groups: list[dict], train) -> torch.optim.SGD:
                            weight_decay=float(train["weight_decay"]))
 
 
-def poly_factor(iteration: int, total: int, power: float) -> float:
-    """lr(it) / lr(0) = (1 - it / total) ** power for the it-th update (it counted from 0)."""
-    return max(0.0, 1.0 - iteration / max(total, 1)) ** power
+def poly_factor(iteration: int, total: int, power: float, warmup: int = 0) -> float:
+    """lr(it) / lr(0) = (1 - it / total) ** power for the it-th update (it counted from 0), times a
+    linear warm-up (it + 1) / warmup over the first `warmup` updates."""
+    ramp = min(1.0, (iteration + 1) / warmup) if warmup > 0 else 1.0
+    return ramp * max(0.0, 1.0 - iteration / max(total, 1)) ** power
 
 
-def build_scheduler(optimizer, total: int, power: float) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: poly_factor(it, total, power))
+def build_scheduler(optimizer, total: int, power: float, warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: poly_factor(it, total, power, warmup))
 
 
 @dataclass
