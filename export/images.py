@@ -28,7 +28,12 @@ def _from_dataset(ds, n: int) -> tuple[list[Loader], list[str]]:
 
 
 def _data_cfg(meta: dict) -> dict:
-    return dict((meta.get("config") or {}).get("data") or {})
+    """The checkpoint's data config with its root made absolute now: the INT8 calibrator reads the images
+    after changing into a temporary folder, where a relative root would point nowhere."""
+    d = dict((meta.get("config") or {}).get("data") or {})
+    if d.get("root"):
+        d["root"] = str(Path(d["root"]).expanduser().resolve())
+    return d
 
 
 def folder_images(folder: str | Path, n: int) -> tuple[list[Loader], list[str]]:
