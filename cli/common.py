@@ -15,9 +15,9 @@ def config_options(f):
     return f
 
 
-def resolve_config(preset, overrides, **sections):
+def resolve_config(preset, overrides, stage=None, **sections):
     try:
-        return load_config(preset, overrides, **sections)
+        return load_config(preset, overrides, stage, **sections)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
 

@@ -87,11 +87,11 @@ def shown_flags(flags: dict) -> str:
     return "".join(f" --{k} {f'{v[0]}x{v[1]}' if k == 'imgsz' else v}" for k, v in flags.items() if v is not None)
 
 
-def _config(preset, config, overrides, resume):
+def _config(preset, config, overrides, resume, stage):
     """The run's config: a preset/file plus overrides, or on --resume the checkpoint's own config
     (overrides still apply, e.g. -o train.iters=2000 to extend a finished run)."""
     if resume is None:
-        return resolve_config(config or preset, overrides), None
+        return resolve_config(config or preset, overrides, stage), None
     from igldt.checkpoint import CheckpointError, load_checkpoint
     from igldt.config import ConfigError, load_config, parse_override, set_key
     if preset or config:
@@ -166,7 +166,7 @@ def train(stage, preset, overrides, config_file, teachers, out, resume, exist_ok
     from igldt.train.loop import NonFiniteLossError, RunDirError
     from igldt.train.loop import train as run
 
-    cfg, ckpt = _config(preset, config_file, [*overrides, *flag_overrides(flags, overrides)], resume)
+    cfg, ckpt = _config(preset, config_file, [*overrides, *flag_overrides(flags, overrides)], resume, stage)
     if stage == "student" and teachers is None and ckpt is None:
         default = Path("runs/teachers/best.pt")
         if not default.is_file():

@@ -78,9 +78,10 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: Sequence[
            "entropy": CalibrationMethod.Entropy}[method]
     baked = meta["input"]["layout"] == "NHWC"
     reader = _reader(images, meta["input"]["name"], meta["mean"], meta["std"], meta["stride"], baked)
-    with tempfile.TemporaryDirectory(prefix="igldt-int8-", dir=Path(out_path).parent) as tmp:
+    # Absolute before the chdir below: a relative path would then be read from the scratch folder.
+    src, dst = Path(fp32_path).resolve(), Path(out_path).resolve()
+    with tempfile.TemporaryDirectory(prefix="igldt-int8-", dir=dst.parent) as tmp:
         tmp = str(Path(tmp).resolve())
-        src = Path(fp32_path).resolve()
         pre = Path(tmp) / "pre.onnx"
         # ONNX shape inference + ORT graph optimisation (Conv+BN folding) so ranges are taken on the
         # graph that will run. Symbolic shape inference is skipped: it cannot follow the dynamo
@@ -93,7 +94,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: Sequence[
             except Exception as e:  # optional step: quantising the plain graph is still correct
                 prepared, note = src, f"quant_pre_process skipped ({e.__class__.__name__})"
             quantize_static(
-                str(prepared), str(Path(out_path).resolve()), reader,
+                str(prepared), str(dst), reader,
                 quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                 activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8,
                 op_types_to_quantize=op_types, calibrate_method=cal,

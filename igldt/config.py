@@ -81,8 +81,19 @@ def set_key(cfg: dict, keys: list[str], value: Any) -> None:
             node = node[k]
 
 
-def load_config(preset: str | Path | None = None, overrides: Iterable[str] = (), **updates: Any) -> Config:
-    """Defaults, then a preset (name or YAML path), then `key=value` overrides, then keyword sections."""
+def _apply_stage(cfg: dict, stage: str) -> None:
+    """Merge the preset's `stages.<stage>` section (nested like the config: `{train: {iters: 1200}}`)
+    over the config, so one preset can give each stage its own budget. Every stage section is
+    checked whichever stage runs, so a typo fails at once rather than when that stage comes."""
+    for name, section in cfg["stages"].items():
+        _merge(copy.deepcopy({k: v for k, v in cfg.items() if k != "stages"}), section or {}, f"stages.{name}.")
+    _merge(cfg, copy.deepcopy(cfg["stages"].get(stage) or {}))
+
+
+def load_config(preset: str | Path | None = None, overrides: Iterable[str] = (), stage: str | None = None,
+                **updates: Any) -> Config:
+    """Defaults, then a preset (name or YAML path), then the preset's section for `stage`, then
+    `key=value` overrides (so a flag wins over a stage's budget), then keyword sections."""
     cfg = _read_yaml(PRESET_DIR / "default.yaml")
     if preset:
         path = Path(preset)
@@ -93,6 +104,8 @@ def load_config(preset: str | Path | None = None, overrides: Iterable[str] = (),
         elif not path.exists():
             raise ConfigError(f"config file {path} does not exist")
         _merge(cfg, _read_yaml(path))
+    if stage:
+        _apply_stage(cfg, stage)
     for item in overrides:
         set_key(cfg, *parse_override(item))
     if updates:

@@ -88,6 +88,27 @@ def pseudo_label_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return _ce(student_logits, pseudo_labels(teacher_logits, threshold, ignore))
 
 
+def aligned_logits(logits: torch.Tensor, prior: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """(DA, a deviation: `method.align`) A teacher's logits with its class distribution aligned to the
+    labels': `logits + log(prior / predicted)`, i.e. its probabilities p_c rescaled by
+    prior_c / predicted_c before the argmax of (7) and (12).
+
+    `prior` (N): class frequencies of the labelled ground truth; `predicted` (N): the teacher's mean
+    class probability on unlabelled pixels. Hard pseudo-labels favour the classes a network already
+    predicts most, and a student taught four parts in five by them stops predicting the rare ones
+    (docs/experiments.md, section 9); this is ReMixMatch's distribution alignment (Berthelot et al.
+    2020), the remedy DARS (He et al. 2021) studies for segmentation pseudo-labels.
+    """
+    ratio = prior.float().clamp_min(1e-6) / predicted.float().clamp_min(1e-6)
+    return logits.float() + ratio.log().view(1, -1, 1, 1)
+
+
+def teacher_pseudo_logits(t: dict) -> torch.Tensor:
+    """What a teacher's hard pseudo-labels are taken from: its aligned logits when the student stage
+    added them (`"pseudo"`, see `aligned_logits`), else its logits."""
+    return t.get("pseudo", t["logits"])
+
+
 def global_context(logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """(1) K = GAP(softmax(logits)): B x N class scores, the mean class probability per image.
 
@@ -159,6 +180,8 @@ class LossConfig:
     cps_weight: float = 1.5
     cps_rampup: int = 0
     cps_warmup: int = 0
+    pseudo_labelled: bool = True
+    align: bool = False
 
     @classmethod
     def from_cfg(cls, method) -> "LossConfig":
@@ -167,7 +190,9 @@ class LossConfig:
             raise ValueError(f"method.threshold={thr}: a confidence in [0, 1], or null for off")
         return cls(alpha=float(method["alpha"]), grid=int(method["grid"]), losses=enabled(method["losses"] or []),
                    threshold=None if thr is None else float(thr), cps_weight=float(method["cps_weight"]),
-                   cps_rampup=int(method.get("cps_rampup") or 0), cps_warmup=int(method.get("cps_warmup") or 0))
+                   cps_rampup=int(method.get("cps_rampup") or 0), cps_warmup=int(method.get("cps_warmup") or 0),
+                   pseudo_labelled=bool(method.get("pseudo_labelled", True)),
+                   align=bool(method.get("align", False)))
 
 
 def _zero(ref: torch.Tensor) -> torch.Tensor:
@@ -219,12 +244,15 @@ def labelled_loss(s: dict, t_su: dict, t_ru: dict, target: torch.Tensor,
                   opts: LossConfig) -> tuple[torch.Tensor, dict]:
     """(8) L_l = L_sup + CE(S, Y_SU) + CE(S, Y_RU) on labelled images (GT ignore pixels excluded).
 
-    The `pseudo` ablation switch names L_P^u (Table 3), the unlabelled pseudo-label term, so the
-    labelled pseudo-label CE of (7) stays on in every ablation.
+    The `pseudo` ablation switch names L_P^u (Table 3), the unlabelled pseudo-label term; the
+    labelled pseudo-label CE of (7), L_P^l, has its own switch (`method.pseudo_labelled`, on as in
+    METHOD.md): off, labelled images teach the student their ground truth alone.
     """
     sup = supervised_ce(s["logits"], target)
-    pl = (pseudo_label_ce(s["logits"], t_su["logits"], opts.threshold, target)
-          + pseudo_label_ce(s["logits"], t_ru["logits"], opts.threshold, target))
+    if not opts.pseudo_labelled:
+        return sup, {"sup": sup.detach()}
+    pl = (pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_su), opts.threshold, target)
+          + pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_ru), opts.threshold, target))
     return sup + pl, {"sup": sup.detach(), "pl_l": pl.detach()}
 
 
@@ -236,8 +264,8 @@ def unlabelled_loss(iteration: int, s: dict, t_su: dict, t_ru: dict, opts: LossC
     excluded like ignore pixels (from the CE terms, the GAP of L_Glo and the average of L_Dis)."""
     loss, terms = unlabelled_feature_loss(iteration, s, t_su, t_ru, opts, valid)
     if "pseudo" in opts.losses:
-        pl = (pseudo_label_ce(s["logits"], t_su["logits"], opts.threshold, valid=valid)
-              + pseudo_label_ce(s["logits"], t_ru["logits"], opts.threshold, valid=valid))
+        pl = (pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_su), opts.threshold, valid=valid)
+              + pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_ru), opts.threshold, valid=valid))
         loss, terms["pl_u"] = loss + pl, pl.detach()
     return loss, terms
 

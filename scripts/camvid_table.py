@@ -64,12 +64,32 @@ def vals(run: Path) -> list[dict]:
             if "val" in r]
 
 
+def record_machine(out: Path, device: str) -> None:
+    """Write what the runs train on (`<out>/machine.json`) for the report's header."""
+    import torch
+    info = {"platform": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "device": device,
+            "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None}
+    (REPO / out).mkdir(parents=True, exist_ok=True)
+    (REPO / out / "machine.json").write_text(json.dumps(info))
+
+
+def machine(out: Path) -> str:
+    path = REPO / out / "machine.json"
+    if not path.exists():
+        return "an unrecorded machine"
+    m = json.loads(path.read_text())
+    where = f"one {m['gpu']} GPU" if m.get("gpu") else "CPU"
+    return (f"{where} ({m['platform']}, {m['cores']} CPU cores, Python {m['python']}, torch {m['torch']})")
+
+
 def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: str, stages=STAGES,
              teachers: str | None = None) -> None:
     from igldt.config import load_config
     cfg = load_config(preset, overrides)
     folder = REPO / out / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
+    record_machine(out, device)
     igldt = [sys.executable, "-m", "igldt.cli.main"]
     common = ["--preset", preset, "--device", device, "-o", f"train.seed={seed}",
               "-o", f"train.val_every={VAL_EVERY}", *[a for o in overrides for a in ("-o", o)], "--exist-ok"]
@@ -122,6 +142,7 @@ def pct(v) -> str:
 def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path) -> list[str]:
     from igldt.config import load_config
     cfg = load_config(preset, overrides)
+    teach = load_config(preset, overrides, stage="teachers")
     m = cfg.model
     seeds = sorted(found)
     rows = list(next(iter(found.values()))["val"])
@@ -160,11 +181,10 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path)
     first = found[seeds[0]]
     walls = {s: sum(found[s]["times"].values()) / 60 for s in seeds}
     lines = [
-        "# Results: CamVid, 1/8 labels, CPU",
+        "# Results: CamVid, 1/8 labels",
         "",
-        f"Written by `scripts/camvid_table.py` on {dt.datetime.now().isoformat(timespec='minutes')}; machine: "
-        f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-        f"torch {__import__('torch').__version__}.",
+        f"Written by `scripts/camvid_table.py` on {dt.datetime.now().isoformat(timespec='minutes')}; the runs "
+        f"trained on {machine(out)}.",
         "",
         f"Labelled: {cfg.data.fraction} of CamVid train (46 of 367 images, seeded split, split seed "
         f"{cfg.data.split_seed}, the same for every row and seed); the other 321 train images are the "
@@ -192,7 +212,10 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path)
         "",
         f"Preset `{preset}`" + (f" with overrides {', '.join(f'`{o}`' for o in overrides)}" if overrides else "")
         + f": crop {cfg.data.crop}, batch {cfg.train.batch_size} labelled + {cfg.train.batch_size} unlabelled, "
-        f"{cfg.train.iters} iterations per stage, SGD lr {cfg.train.lr} (head x{cfg.train.head_lr_mult}, poly 0.9), "
+        f"{cfg.train.iters} iterations for Sup-only and the student, {teach.train.iters} for the teachers and CPS "
+        f"(labels only for the first {teach.method.cps_warmup}), SGD lr {cfg.train.lr} (head x{cfg.train.head_lr_mult}, "
+        f"poly 0.9, linear warm-up over {cfg.train.warmup_iters} iterations for Sup-only and the student, "
+        f"{teach.train.warmup_iters} for the teachers), "
         f"losses {list(cfg.method.losses)}, alpha {cfg.method.alpha}, grid {cfg.method.grid}, "
         f"CPS weight {cfg.method.cps_weight} (ramp-up {cfg.method.cps_rampup} iterations), "
         f"pseudo-label threshold {cfg.method.threshold}.",

@@ -106,3 +106,12 @@ def test_command_imports_without_torch():
     code = "import sys, igldt.cli.train; assert 'torch' not in sys.modules, 'torch imported'"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_each_stage_gets_its_presets_stage_section(tmp_path, calls):
+    for stage in ("teachers", "supervised"):
+        code, out = invoke(tmp_path, "--stage", stage, "--preset", "camvid-cpu", "--exist-ok")
+        assert code == 0, out
+    teachers, supervised = (c["cfg"] for c in calls)
+    assert (teachers["train"]["iters"], teachers["method"]["cps_warmup"]) == (1200, 600)
+    assert (supervised["train"]["iters"], supervised["method"]["cps_warmup"]) == (600, 0)

@@ -52,3 +52,23 @@ def test_unknown_preset_lists_the_choices(tmp_path):
     bad.write_text("train: {lr: 0.1, typo: 3}\n")
     with pytest.raises(ConfigError, match="unknown config key 'train.typo'"):
         load_config(bad)
+
+
+def test_a_stage_section_sets_that_stages_budget_and_overrides_still_win(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("train: {iters: 600, warmup_iters: 100}\n"
+                      "stages: {teachers: {train: {iters: 1200, warmup_iters: 0}, method: {cps_warmup: 600}}}\n")
+    teachers = load_config(preset, stage="teachers")
+    assert (teachers.train.iters, teachers.train.warmup_iters, teachers.method.cps_warmup) == (1200, 0, 600)
+    student = load_config(preset, stage="student")
+    assert (student.train.iters, student.train.warmup_iters, student.method.cps_warmup) == (600, 100, 0)
+    assert load_config(preset, ["train.iters=5"], stage="teachers").train.iters == 5
+    assert load_config("camvid-cpu", stage="teachers").train.iters == 2 * load_config("camvid-cpu").train.iters
+
+
+def test_a_typo_in_any_stage_section_fails_whichever_stage_runs(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("stages: {teachers: {train: {itres: 1200}}}\n")
+    for stage in ("teachers", "student"):
+        with pytest.raises(ConfigError, match="unknown config key 'stages.teachers.train.itres'"):
+            load_config(preset, stage=stage)

@@ -229,8 +229,9 @@ def test_trt_export_without_tensorrt_is_one_line(trained):
 
 
 def test_int8_cli_reads_a_relative_calib_folder(trained, tmp_path, monkeypatch):
-    """`--calib images` relative to where the user stands: the quantiser works in a temporary folder, so
-    the CLI resolves the path first (it used to fail with 'image images/x.png does not exist')."""
+    """`--calib images` and `--out` relative to where the user stands: the quantiser works in a temporary
+    folder, so both are resolved first (they used to fail with 'image images/x.png does not exist' and
+    'No such file or directory: .../igldt-int8-*/out/...')."""
     import shutil
 
     work = tmp_path / "work"
@@ -238,10 +239,13 @@ def test_int8_cli_reads_a_relative_calib_folder(trained, tmp_path, monkeypatch):
     for p in sorted((trained["demo"] / "images" / "train").glob("*.png"))[:4]:
         shutil.copy(p, work / "images" / p.name)
     monkeypatch.chdir(work)
-    out = tmp_path / "relative_int8.onnx"
+    (work / "out").mkdir()
     r = CliRunner().invoke(cli, ["export", "--weights", str(trained["ckpt"]), "--format", "onnx", "--precision", "int8",
-                                 "--calib", "images", "--calib-count", "4", "--out", str(out), "--check-images", "0"])
+                                 "--calib", "images", "--calib-count", "4", "--out", "out/relative_int8.onnx",
+                                 "--check-images", "0"])
     assert r.exit_code == 0, r.output
+    out = work / "out" / "relative_int8.onnx"
+    assert out.is_file() and not list((work / "out").glob("igldt-int8-*"))
     assert read_sidecar(out)["calibration"]["calibration_images"] == 4
     assert str(work / "images") in read_sidecar(out)["calibration"]["source"]
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from igldt import losses as L
+from igldt.config import load_config
 
 IGN = L.IGNORE_INDEX
 
@@ -223,3 +224,38 @@ def test_cps_warmup_holds_lambda_at_zero_then_ramps():
     assert [L.cps_weight_at(t, 1.5, 0, 3) for t in (1, 3, 4, 100)] == [0.0, 0.0, 1.5, 1.5]
     assert L.cps_weight_at(3 + 50, 1.5, 100, 3) == pytest.approx(L.cps_weight_at(50, 1.5, 100))
     assert L.cps_weight_at(2, 1.5, 100, 3) == 0.0
+
+
+def test_pseudo_labelled_switch_leaves_labelled_images_their_ground_truth_alone():
+    s, su, ru = (_outs(i) for i in range(3))
+    target = s["logits"].argmax(1)
+    target[..., 0] = IGN
+    on, terms_on = L.labelled_loss(s, su, ru, target, L.LossConfig(grid=2))
+    off, terms_off = L.labelled_loss(s, su, ru, target, L.LossConfig(grid=2, pseudo_labelled=False))
+    assert off.item() == pytest.approx(L.supervised_ce(s["logits"], target).item(), rel=1e-6)
+    assert on.item() == pytest.approx((off + terms_on["pl_l"]).item(), rel=1e-6) and terms_on["pl_l"] > 0
+    assert "pl_l" not in terms_off
+    method = dict(load_config().method)
+    assert L.LossConfig.from_cfg({**method, "pseudo_labelled": False}).pseudo_labelled is False
+    # on by default, also for the config of a run saved before the switch existed
+    assert L.LossConfig.from_cfg(method).pseudo_labelled is True
+    assert L.LossConfig.from_cfg({k: v for k, v in method.items() if k != "pseudo_labelled"}).pseudo_labelled
+
+
+def test_aligned_logits_give_an_under_predicted_class_its_share_back():
+    # class 1 is everywhere the runner-up by a small margin: argmax never picks it
+    logits = torch.zeros(1, 3, 4, 4)
+    logits[:, 0] = 1.0
+    logits[:, 1] = 0.8
+    assert (logits.argmax(1) == 0).all()
+    same = torch.tensor([0.5, 0.3, 0.2])
+    assert torch.equal(L.aligned_logits(logits, same, same).argmax(1), logits.argmax(1))
+    # the labels hold class 1 at 50%, the teacher's probabilities at 10%: rescaled by 5, it wins
+    aligned = L.aligned_logits(logits, torch.tensor([0.4, 0.5, 0.1]), torch.tensor([0.8, 0.1, 0.1]))
+    assert (aligned.argmax(1) == 1).all()
+    # the hard labels of (7)/(12) come from the aligned logits when a stage supplies them
+    s = torch.zeros(1, 3, 4, 4)
+    t = {"logits": logits, "pseudo": aligned}
+    want = L.pseudo_label_ce(s, aligned)
+    assert L.unlabelled_loss(1, {"logits": s, "features": s}, t, t,
+                             L.LossConfig(losses=frozenset({"pseudo"})))[1]["pl_u"].item() == pytest.approx(2 * want.item())

@@ -162,3 +162,38 @@ def test_each_validation_draws_figures_into_the_run_folder(runs):
         assert confusion is not None and samples is not None, stage
         assert samples.shape[0] > 2 * 32 * 320 // 48  # both validation images, a row each
         assert not list((base / stage).glob(".*.tmp"))  # written through a temp file, then renamed
+
+
+def test_alignment_tracks_the_class_frequencies_and_resumes():
+    """method.align: the student stage keeps running class frequencies of the labels and of each
+    teacher, adds the aligned logits the pseudo-labels are taken from, and saves them in its state."""
+    import torch
+    from igldt.config import load_config
+    from igldt.models import build_role
+    from igldt.train.stages import StudentStage
+    small = ["model.student={backbone: resnet18}", "model.global_teacher={backbone: resnet18}",
+             "model.local_teacher={backbone: resnet18}", "method.grid=4"]
+    cfg = load_config("demo", ["method.align=true", *small])
+    stage = StudentStage(cfg, build_role(cfg, "student", 3), build_role(cfg, "global_teacher", 3),
+                         build_role(cfg, "local_teacher", 3))
+    stage.train()
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.zeros(2, 32, 48, dtype=torch.long)
+    mask[:, :8] = 2
+    mask[:, -4:] = 255  # ignored pixels do not count
+    bl = {"image": torch.randn(2, 3, 32, 48, generator=gen), "mask": mask}
+    bu = {"image": torch.randn(2, 3, 32, 48, generator=gen)}
+    loss, _ = stage.step(bl, bu, 1)
+    assert torch.isfinite(loss)
+    prior = stage.aligner.prior
+    assert torch.allclose(prior, torch.tensor([20 / 28, 0.0, 8 / 28]))
+    assert torch.allclose(stage.aligner.predicted.sum(1), torch.ones(2))
+    state = stage.state_dict()
+    other = StudentStage(cfg, build_role(cfg, "student", 3), build_role(cfg, "global_teacher", 3),
+                         build_role(cfg, "local_teacher", 3))
+    other.load_state_dict(state)
+    assert torch.equal(other.aligner.prior, prior) and int(other.aligner.updates) == 1
+    plain = load_config("demo", small)
+    with pytest.raises(ValueError, match="method.align differs"):
+        StudentStage(plain, build_role(plain, "student", 3), build_role(plain, "global_teacher", 3),
+                     build_role(plain, "local_teacher", 3)).load_state_dict(state)

@@ -206,6 +206,46 @@ class TeachersStage(Stage):
         return teachers_payload(pair.global_teacher, pair.local_teacher, **meta)
 
 
+class Aligner(nn.Module):
+    """The running class frequencies `method.align` needs (`losses.aligned_logits`): of the labelled
+    ground truth (`prior`) and of each teacher's probabilities on unlabelled pixels (`predicted`),
+    exponential moving averages over the batches (summed over ranks first under DDP), saved in last.pt."""
+
+    MOMENTUM = 0.99  # a horizon of ~100 iterations: steadier than one batch of crops, follows training
+
+    def __init__(self, num_classes: int, teachers: int = 2):
+        super().__init__()
+        self.register_buffer("prior", torch.zeros(num_classes))
+        self.register_buffer("predicted", torch.zeros(teachers, num_classes))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def _ema(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        return new if int(self.updates) == 0 else self.MOMENTUM * old + (1 - self.MOMENTUM) * new
+
+    @torch.no_grad()
+    def forward(self, target: torch.Tensor, teachers: list[Outputs], n: int,
+                valid: torch.Tensor | None = None) -> list[Outputs]:
+        """Update the frequencies from this batch (`n` labelled images first) and return each teacher's
+        outputs with its aligned logits added under "pseudo"."""
+        classes = self.prior.numel()
+        known = target[target != L.IGNORE_INDEX]
+        gt = torch.bincount(known.reshape(-1), minlength=classes)[:classes].float()
+        pred = []
+        for t in teachers:
+            p = t["logits"][n:].float().softmax(1)
+            w = torch.ones_like(p[:, :1]) if valid is None else valid.unsqueeze(1).to(p.dtype)
+            pred.append(torch.cat([(p * w).sum(dim=(0, 2, 3)), w.sum().view(1)]))
+        stats = torch.cat([gt, *pred])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stats)
+        gt, pred = stats[:classes], stats[classes:].view(len(teachers), classes + 1)
+        self.prior.copy_(self._ema(self.prior, gt / gt.sum().clamp_min(1)))
+        self.predicted.copy_(self._ema(self.predicted, pred[:, :classes] / pred[:, classes:].clamp_min(1)))
+        self.updates += 1
+        return [{**t, "pseudo": L.aligned_logits(t["logits"], self.prior, self.predicted[i])}
+                for i, t in enumerate(teachers)]
+
+
 class StudentStage(Stage):
     """Stage 2: the student learns from the frozen teachers with L = L_l + L_u, (6)-(14)."""
     name, kind = "student", "student"
@@ -215,6 +255,25 @@ class StudentStage(Stage):
     def __init__(self, cfg, student: nn.Module, global_teacher: nn.Module, local_teacher: nn.Module):
         super().__init__(cfg, {"student": student})
         self.frozen = {"global": Frozen(global_teacher), "local": Frozen(local_teacher)}
+        self.aligner = Aligner(student.num_classes) if self.opts.align else None
+
+    def to(self, device: torch.device, channels_last: bool = False) -> "StudentStage":
+        if self.aligner is not None:
+            self.aligner.to(device)
+        return super().to(device, channels_last)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        return state if self.aligner is None else {**state, "align": self.aligner.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        align = state.pop("align", None)
+        if (align is None) != (self.aligner is None):
+            raise ValueError("method.align differs from the run being resumed; resume with its setting")
+        super().load_state_dict(state)
+        if align is not None:
+            self.aligner.load_state_dict(align)
 
     def step(self, batch_l, batch_u, iteration):
         n = batch_l["image"].shape[0]
@@ -224,6 +283,8 @@ class StudentStage(Stage):
         x_s = torch.cat([batch_l["image"], batch_u.get("image_s", batch_u["image"])])
         s = self.run["student"](x_s)
         su, ru = self.frozen["global"](x_t), self.frozen["local"](x_t)
+        if self.aligner is not None:
+            su, ru = self.aligner(batch_l["mask"], [su, ru], n, batch_u.get("valid"))
         (s_l, s_u), (su_l, su_u), (ru_l, ru_u) = _split(s, n), _split(su, n), _split(ru, n)
         return L.total_loss(iteration, s_l, su_l, ru_l, batch_l["mask"], s_u, su_u, ru_u, self.opts,
                             batch_u.get("valid"))

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""How good are the pseudo-labels a student learns from? Per-class IoU and pixel share of the teachers'
+hard labels (and of any student or Sup-only checkpoint) on the training pools, against ground truth.
+
+CamVid's "unlabelled" images do have masks, so the labels the student is taught on them can be scored
+directly: that is the ceiling of the pseudo-label terms (7) and (12), class by class.
+
+    python scripts/pseudo_label_quality.py runs/exp/teach_l0_1200/best.pt --data ../shared/data/camvid \
+        [--also runs/exp/sup_warm100/best.pt ...] [--limit 100]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from igldt.checkpoint import load_model, load_teachers
+from igldt.config import load_config
+from igldt.data.loaders import train_datasets
+from igldt.metrics import ConfusionMatrix
+from igldt.runtime.preprocess import padded_size
+
+
+def probabilities(model, image: np.ndarray, mean, std, stride: int) -> torch.Tensor:
+    """Softmax of one whole image (padded to the stride, cut back), 1 x C x H x W."""
+    h, w = image.shape[:2]
+    x = (torch.from_numpy(image).float().permute(2, 0, 1)[None] / 255 - mean) / std
+    ph, pw = padded_size(h, w, stride)
+    x = F.pad(x, (0, pw - w, 0, ph - h))
+    return model(x)["logits"][..., :h, :w].softmax(1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("teachers")
+    ap.add_argument("--also", nargs="*", default=[], help="student / Sup-only checkpoints scored the same way")
+    ap.add_argument("--preset", default="camvid-cpu")
+    ap.add_argument("--data", required=True, help="CamVid root")
+    ap.add_argument("--limit", type=int, default=None, help="images per pool (default: all)")
+    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    cfg = load_config(args.preset, [f"data.root={args.data}"])
+    mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
+    g, r, _ = load_teachers(args.teachers)
+    models = {"T_SU": g.eval(), "T_RU": r.eval(), **{p: load_model(p)[0].eval() for p in args.also}}
+    labelled, unlabelled = train_datasets(cfg)
+    classes = list(labelled.classes)
+    n = len(classes)
+    result = {}
+    for pool, ds in (("labelled", labelled), ("unlabelled", unlabelled)):
+        cms = {k: ConfusionMatrix(n) for k in [*models, "ensemble"]}
+        count = min(len(ds), args.limit or len(ds))
+        for i in range(count):
+            image, mask = ds.load_image(i), ds.load_mask(i)
+            probs = {k: probabilities(m, image, mean, std, int(getattr(m, "stride", 16))) for k, m in models.items()}
+            probs["ensemble"] = (probs["T_SU"] + probs["T_RU"]) / 2
+            for k, p in probs.items():
+                cms[k].update(p[0].argmax(0).numpy(), mask)
+        gt_share = cms["T_SU"].matrix.sum(1) / cms["T_SU"].matrix.sum()
+        result[pool] = {"images": count, "gt_share": dict(zip(classes, gt_share.round(4).tolist()))}
+        print(f"\n{pool} pool, {count} images; per-class IoU % (predicted pixel share % / ground truth's)")
+        print(f"{'':>14}" + "".join(f"{c[:9]:>10}" for c in classes) + "      mIoU")
+        for k, cm in cms.items():
+            iou = np.diag(cm.matrix) / np.maximum(cm.matrix.sum(0) + cm.matrix.sum(1) - np.diag(cm.matrix), 1)
+            share = cm.matrix.sum(0) / cm.matrix.sum()
+            result[pool][k] = {"miou": float(iou.mean()), "iou": dict(zip(classes, iou.round(4).tolist())),
+                               "share": dict(zip(classes, share.round(4).tolist()))}
+            name = k if len(k) <= 14 else "..." + k[-11:]
+            print(f"{name:>14}" + "".join(f"{100 * v:10.1f}" for v in iou) + f"{100 * iou.mean():10.2f}")
+            print(f"{'share':>14}" + "".join(f"{100 * s:4.1f}/{100 * t:<5.1f}" for s, t in zip(share, gt_share)))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
