@@ -1,7 +1,9 @@
 """`igldt`: one verb per job. Commands load lazily so `igldt infer` on an edge box never imports torch."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+from typing import Callable
 
 import click
 
@@ -43,15 +45,24 @@ def missing_extra_message(verb: str, error: ModuleNotFoundError) -> str | None:
     return f"igldt {verb} needs {module}, which comes with the {extra} extra: pip install \"igldt[{extra}]\"{alternative}"
 
 
+@contextlib.contextmanager
+def missing_extra_as_error(verb: Callable[[], str]):
+    """A missing module that an extra brings becomes the one-line error naming that extra, whether
+    the verb's module imports it (listing the verb) or the verb imports it when it runs. `verb` is
+    asked after the error: the group learns which verb runs only once it has resolved it."""
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        message = missing_extra_message(verb(), e)
+        if message is None:
+            raise
+        raise click.ClickException(message) from None
+
+
 class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
-        try:
+        with missing_extra_as_error(lambda: ctx.invoked_subcommand or ""):
             return super().invoke(ctx)
-        except ModuleNotFoundError as e:
-            message = missing_extra_message(ctx.invoked_subcommand or "", e)
-            if message is None:
-                raise
-            raise click.ClickException(message) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -60,13 +71,8 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr = COMMANDS[name][0].split(":")
-        try:
+        with missing_extra_as_error(lambda: name):
             return getattr(importlib.import_module(f"igldt.cli.{module}"), attr)
-        except ModuleNotFoundError as e:
-            message = missing_extra_message(name, e)
-            if message is None:
-                raise
-            ctx.fail(message)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
