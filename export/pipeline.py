@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from igldt.constants import IMAGENET_MEAN, IMAGENET_STD
+
 from .onnx import ExportError, check_imgsz
 
 FORMATS = ("onnx", "trt")
@@ -106,7 +108,7 @@ def run_export(weights: str | Path, fmt: str = "onnx", precision: str = "fp32", 
     model, ckpt = load_model(weights, device="cpu")
     stride = int(getattr(model, "stride", None) or ckpt.get("stride") or 32)
     imgsz = check_imgsz(imgsz, stride) if imgsz else _default_imgsz(ckpt, stride)
-    mean, std = ckpt.get("mean") or [0.485, 0.456, 0.406], ckpt.get("std") or [0.229, 0.224, 0.225]
+    mean, std = ckpt.get("mean") or list(IMAGENET_MEAN), ckpt.get("std") or list(IMAGENET_STD)
     wrapper = SegmentationExportWrapper(model, output=output, bake_preprocess=bake_preprocess, mean=mean, std=std)
     notes: list[str] = []
 

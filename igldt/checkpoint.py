@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from igldt.constants import IMAGENET_MEAN, IMAGENET_STD
 from igldt.io import atomic_open
 
 FORMAT = "igldt/1"
@@ -111,8 +112,8 @@ def _meta(dataset_meta: Mapping, config: Mapping | None) -> dict:
     return {
         "classes": [str(c) for c in classes],
         "palette": plain(palette) if palette is not None else None,
-        "mean": [float(v) for v in dataset_meta.get("mean", data.get("mean", (0.485, 0.456, 0.406)))],
-        "std": [float(v) for v in dataset_meta.get("std", data.get("std", (0.229, 0.224, 0.225)))],
+        "mean": [float(v) for v in dataset_meta.get("mean", data.get("mean", IMAGENET_MEAN))],
+        "std": [float(v) for v in dataset_meta.get("std", data.get("std", IMAGENET_STD))],
         "ignore_index": 255,
         "config": plain(dict(config)) if config is not None else None,
         "versions": versions(),

@@ -18,7 +18,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255  # the project-wide ignore value (igldt.data.IGNORE); every loader remaps to it
+from igldt.constants import IGNORE_INDEX
 LOSS_TERMS = ("pseudo", "glo", "loc", "dis")  # Table 3 ablation switches (cfg.method.losses)
 
 

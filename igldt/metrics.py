@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-IGNORE = 255
+from igldt.constants import IGNORE_INDEX as IGNORE
 
 
 class ConfusionMatrix:

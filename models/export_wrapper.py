@@ -6,8 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from igldt.constants import IMAGENET_MEAN, IMAGENET_STD
 
 
 class SegmentationExportWrapper(nn.Module):

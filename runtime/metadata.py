@@ -11,14 +11,13 @@ import os
 import sys
 from pathlib import Path
 
+from igldt.constants import IMAGENET_MEAN, IMAGENET_STD
 from igldt.palette import voc_palette
 
 from .errors import DeployError
 
 METADATA_KEY = "igldt"  # key in ONNX metadata_props
 FORMAT = "igldt-deploy/1"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def sidecar_path(artefact: str | os.PathLike) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 from igldt.palette import voc_palette
 import yaml
 
-IGNORE = 255
+from igldt.constants import IGNORE_INDEX as IGNORE
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 

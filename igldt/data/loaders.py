@@ -88,7 +88,7 @@ class UnlabelledSet(_SeededSet):
         img = self.ds.load_image(i)
         img, pad = T.weak(img, np.zeros(img.shape[:2], np.uint8), rng, self.crop, self.scale, self.flip, mean=self.mean)
         out = {"image": torch.from_numpy(T.normalize(img, self.mean, self.std)),
-               "valid": torch.from_numpy(pad != 255)}
+               "valid": torch.from_numpy(pad != T.IGNORE)}
         if self.strong:
             out["image_s"] = torch.from_numpy(T.normalize(T.strong(img, rng), self.mean, self.std))
         if self.cutmix:

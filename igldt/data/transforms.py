@@ -10,10 +10,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .datasets import IGNORE
+from igldt.constants import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .datasets import IGNORE
 
 
 def _fill_value(pad: str | Sequence[float] | None, mean: Sequence[float]) -> tuple[float, float, float]:
