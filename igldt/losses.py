@@ -182,6 +182,7 @@ class LossConfig:
     cps_warmup: int = 0
     pseudo_labelled: bool = True
     align: bool = False
+    cps_labelled: bool = True
 
     @classmethod
     def from_cfg(cls, method) -> "LossConfig":
@@ -192,7 +193,7 @@ class LossConfig:
                    threshold=None if thr is None else float(thr), cps_weight=float(method["cps_weight"]),
                    cps_rampup=int(method.get("cps_rampup") or 0), cps_warmup=int(method.get("cps_warmup") or 0),
                    pseudo_labelled=bool(method.get("pseudo_labelled", True)),
-                   align=bool(method.get("align", False)))
+                   align=bool(method.get("align", False)), cps_labelled=bool(method.get("cps_labelled", True)))
 
 
 def _zero(ref: torch.Tensor) -> torch.Tensor:
@@ -282,10 +283,12 @@ def total_loss(iteration: int, s_l: dict, t_su_l: dict, t_ru_l: dict, target: to
 
 
 def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: torch.Tensor | None,
-             r_u: torch.Tensor | None, weight: float = 1.5, valid_u: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, dict]:
+             r_u: torch.Tensor | None, weight: float = 1.5, valid_u: torch.Tensor | None = None,
+             labelled_too: bool = False) -> tuple[torch.Tensor, dict]:
     """Stage 1 (CPS, Chen et al. 2021): CE on labelled images for both teachers, plus `weight` (lambda)
-    times each teacher's CE against the other's hard prediction on unlabelled images.
+    times each teacher's CE against the other's hard prediction on unlabelled images, and with
+    `labelled_too` on the labelled images as well (CPS's own code takes the cross CE over the whole
+    batch, labelled and unlabelled, averaged over all its pixels; `method.cps_labelled`).
 
     `g_*` / `r_*`: logits of the global (T_SU) and local (T_RU) teacher on labelled / unlabelled images;
     `valid_u`: False on unlabelled crop padding (excluded). Without unlabelled logits (`g_u`, `r_u`
@@ -295,6 +298,10 @@ def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: to
     if g_u is None or r_u is None:
         loss = sup_g + sup_r
         return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "loss": loss.detach()}
+    if labelled_too:
+        g_u, r_u = torch.cat([g_l, g_u]), torch.cat([r_l, r_u])
+        if valid_u is not None:
+            valid_u = torch.cat([torch.ones_like(valid_u[:1]).expand(g_l.shape[0], -1, -1), valid_u])
     cps = pseudo_label_ce(g_u, r_u, valid=valid_u) + pseudo_label_ce(r_u, g_u, valid=valid_u)
     loss = sup_g + sup_r + weight * cps
     return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "cps": cps.detach(), "loss": loss.detach()}

@@ -259,3 +259,21 @@ def test_aligned_logits_give_an_under_predicted_class_its_share_back():
     want = L.pseudo_label_ce(s, aligned)
     assert L.unlabelled_loss(1, {"logits": s, "features": s}, t, t,
                              L.LossConfig(losses=frozenset({"pseudo"})))[1]["pl_u"].item() == pytest.approx(2 * want.item())
+
+
+def test_cps_on_labelled_images_too_is_the_cross_ce_over_the_whole_batch():
+    """method.cps_labelled (CPS's own code): the cross CE over labelled + unlabelled images together,
+    averaged over all their pixels; unlabelled padding still excluded."""
+    g_l, r_l, g_u, r_u = (_outs(i)["logits"] for i in range(4))
+    y = torch.randint(0, 3, (2, 8, 8))
+    valid = torch.ones(2, 8, 8, dtype=torch.bool)
+    valid[0, :, 6:] = False
+    loss, terms = L.cps_loss(g_l, r_l, y, g_u, r_u, weight=1.5, valid_u=valid, labelled_too=True)
+    g, r = torch.cat([g_l, g_u]), torch.cat([r_l, r_u])
+    keep = torch.cat([torch.ones(2, 8, 8, dtype=torch.bool), valid])
+    ce = lambda a, b: torch.nn.functional.cross_entropy(a, torch.where(keep, b.argmax(1), IGN), ignore_index=IGN)
+    assert terms["cps"].item() == pytest.approx((ce(g, r) + ce(r, g)).item(), rel=1e-6)
+    only_u, _ = L.cps_loss(g_l, r_l, y, g_u, r_u, weight=1.5, valid_u=valid)
+    assert only_u.item() != pytest.approx(loss.item())
+    assert L.LossConfig.from_cfg(load_config().method).cps_labelled is True
+    assert L.LossConfig.from_cfg(load_config("camvid-cpu").method).cps_labelled is False

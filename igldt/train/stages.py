@@ -192,7 +192,7 @@ class TeachersStage(Stage):
         g, r = self.run["teachers"](torch.cat([batch_l["image"], batch_u["image"]]))
         (g_l, g_u), (r_l, r_u) = _split(g, n), _split(r, n)
         loss, terms = L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], g_u["logits"], r_u["logits"],
-                                 lam, batch_u.get("valid"))
+                                 lam, batch_u.get("valid"), self.opts.cps_labelled)
         return loss, {**terms, "lambda": torch.tensor(lam)}
 
     def validated(self) -> dict[str, nn.Module]:
