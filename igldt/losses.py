@@ -129,24 +129,40 @@ def global_context_loss(student_logits: torch.Tensor, teacher_logits: torch.Tens
     return (k_s - k_t).abs().mean(dim=1).mean()
 
 
-def regional_correlation(features: torch.Tensor, grid: int | tuple[int, int]) -> torch.Tensor:
+def regional_correlation(features: torch.Tensor, grid: int | tuple[int, int],
+                         weight: torch.Tensor | None = None) -> torch.Tensor:
     """(3) M: the cosine self-correlation of regional vectors, B x HvWv x HvWv.
 
     The feature map is pooled to an Hv x Wv grid (adaptive average pooling); each cell is one
-    C-dimensional regional vector; M[a, b] = cos(v_a, v_b).
+    C-dimensional regional vector; M[a, b] = cos(v_a, v_b). `weight` (B x 1 x h x w, 1 where the
+    position holds image, 0 on crop padding) makes each cell the mean over its image positions.
     """
-    v = F.adaptive_avg_pool2d(features.float(), grid).flatten(2)  # B x C x HvWv
+    f = features.float()
+    if weight is None:
+        v = F.adaptive_avg_pool2d(f, grid).flatten(2)  # B x C x HvWv
+    else:
+        v = (F.adaptive_avg_pool2d(f * weight, grid) / F.adaptive_avg_pool2d(weight, grid).clamp_min(1e-6)).flatten(2)
     v = F.normalize(v, dim=1, eps=1e-8)
     return v.transpose(1, 2) @ v
 
 
 def local_regional_loss(student_features: torch.Tensor, teacher_features: torch.Tensor,
-                        grid: int | tuple[int, int] = 16) -> torch.Tensor:
-    """(4) L_Loc = mean((M_S - M_T)^2) over the batch and all HvWv x HvWv entries."""
+                        grid: int | tuple[int, int] = 16, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(4) L_Loc = mean((M_S - M_T)^2) over the batch and all HvWv x HvWv entries.
+
+    `valid` (B x H x W bool, False on crop padding): the regional vectors average image positions
+    only, and pairs with a cell made of padding alone are left out of the mean."""
     teacher_features = align_features(student_features, teacher_features.detach())
-    m_s = regional_correlation(student_features, grid)
-    m_t = regional_correlation(teacher_features, grid)
-    return (m_s - m_t).pow(2).mean()
+    if valid is None or bool(valid.all()):
+        m_s = regional_correlation(student_features, grid)
+        m_t = regional_correlation(teacher_features, grid)
+        return (m_s - m_t).pow(2).mean()
+    weight = feature_mask(valid, student_features.shape[-2:]).unsqueeze(1).float()
+    m_s = regional_correlation(student_features, grid, weight)
+    m_t = regional_correlation(teacher_features, grid, weight)
+    cells = F.adaptive_avg_pool2d(weight, grid).flatten(1) > 0  # B x HvWv: cells holding image
+    pairs = (cells[:, :, None] & cells[:, None, :]).float()
+    return ((m_s - m_t).pow(2) * pairs).sum() / pairs.sum().clamp_min(1.0)
 
 
 def feature_mask(valid: torch.Tensor, size) -> torch.Tensor:
@@ -183,6 +199,7 @@ class LossConfig:
     pseudo_labelled: bool = True
     align: bool = False
     cps_labelled: bool = True
+    single_state: str = "half"
 
     @classmethod
     def from_cfg(cls, method) -> "LossConfig":
@@ -193,7 +210,8 @@ class LossConfig:
                    threshold=None if thr is None else float(thr), cps_weight=float(method["cps_weight"]),
                    cps_rampup=int(method.get("cps_rampup") or 0), cps_warmup=int(method.get("cps_warmup") or 0),
                    pseudo_labelled=bool(method.get("pseudo_labelled", True)),
-                   align=bool(method.get("align", False)), cps_labelled=bool(method.get("cps_labelled", True)))
+                   align=bool(method.get("align", False)), cps_labelled=bool(method.get("cps_labelled", True)),
+                   single_state=single_state(method.get("single_state", "half")))
 
 
 def _zero(ref: torch.Tensor) -> torch.Tensor:
@@ -216,11 +234,10 @@ def state1_loss(s: dict, t_su: dict, t_ru: dict, opts: LossConfig,
 
 def state2_loss(s: dict, t_su: dict, t_ru: dict, opts: LossConfig,
                 valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """(10) L_s2 = L_Loc(S, T_RU) + alpha * L_Dis(S, T_SU). `valid`: see `unlabelled_loss` (L_Loc
-    compares whole-image correlation matrices and takes no mask)."""
+    """(10) L_s2 = L_Loc(S, T_RU) + alpha * L_Dis(S, T_SU). `valid`: see `unlabelled_loss`."""
     loss, terms = _zero(s["logits"]), {}
     if "loc" in opts.losses:
-        loc = local_regional_loss(s["features"], t_ru["features"], opts.grid)
+        loc = local_regional_loss(s["features"], t_ru["features"], opts.grid, valid)
         loss, terms["loc"] = loss + loc, loc.detach()
     if "dis" in opts.losses:
         dis = discrepancy_loss(s["features"], t_su["features"], valid)
@@ -237,8 +254,15 @@ def swap_state(iteration: int) -> int:
 
 def unlabelled_feature_loss(iteration: int, s: dict, t_su: dict, t_ru: dict, opts: LossConfig,
                             valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """(11) Swap(L_s1, L_s2): L_s1 at odd iterations t, L_s2 at even ones."""
-    return (state1_loss if swap_state(iteration) == 1 else state2_loss)(s, t_su, t_ru, opts, valid)
+    """(11) Swap(L_s1, L_s2): L_s1 at odd iterations t, L_s2 at even ones.
+
+    When an ablation keeps only one of L_Glo and L_Loc, `method.single_state` says what the swap does:
+    `half` (the default, (11) as written) runs its state on its half of the iterations only, `every`
+    runs that state at every iteration."""
+    state = swap_state(iteration)
+    if opts.single_state == "every" and ("glo" in opts.losses) != ("loc" in opts.losses):
+        state = 1 if "glo" in opts.losses else 2
+    return (state1_loss if state == 1 else state2_loss)(s, t_su, t_ru, opts, valid)
 
 
 def labelled_loss(s: dict, t_su: dict, t_ru: dict, target: torch.Tensor,
@@ -323,6 +347,13 @@ def cps_weight_at(iteration: int, weight: float, rampup: int = 0, warmup: int = 
     if rampup <= 0 or t >= rampup:
         return weight
     return weight * math.exp(-5.0 * (1.0 - max(t, 0) / rampup) ** 2)
+
+
+def single_state(value: str) -> str:
+    """Validate `method.single_state` (see `unlabelled_feature_loss`)."""
+    if value not in ("half", "every"):
+        raise ValueError(f"method.single_state={value}: choose half (as (11) swaps) or every")
+    return value
 
 
 def enabled(names: Iterable[str]) -> frozenset:

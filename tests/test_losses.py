@@ -277,3 +277,33 @@ def test_cps_on_labelled_images_too_is_the_cross_ce_over_the_whole_batch():
     assert only_u.item() != pytest.approx(loss.item())
     assert L.LossConfig.from_cfg(load_config().method).cps_labelled is True
     assert L.LossConfig.from_cfg(load_config("camvid-cpu").method).cps_labelled is False
+
+
+def test_local_regional_loss_ignores_crop_padding():
+    """L_Loc with `valid`: what the padded positions hold changes nothing, cells of padding alone drop
+    out, and an all-valid mask is the unmasked loss bit for bit."""
+    s, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    valid = torch.ones(2, 8, 8, dtype=torch.bool)
+    assert torch.equal(L.local_regional_loss(s, t, 2, valid), L.local_regional_loss(s, t, 2))
+    valid[0, :, 5:] = False  # image 0: its right 3 columns are padding (a whole grid cell of 4 and part of another)
+    masked = L.local_regional_loss(s, t, 4, valid)
+    s2, t2 = s.clone(), t.clone()
+    s2[0, :, :, 5:] = 100.0
+    t2[0, :, :, 5:] = -7.0
+    assert L.local_regional_loss(s2, t2, 4, valid).item() == pytest.approx(masked.item(), rel=1e-5)
+    assert L.local_regional_loss(s2, t2, 4).item() != pytest.approx(masked.item(), rel=1e-3)
+
+
+def test_single_state_every_runs_the_lone_feature_loss_at_every_iteration():
+    s, t = _outs(0), _outs(1)
+    glo_only = dict(losses=frozenset({"glo"}), grid=2)
+    half = L.LossConfig(**glo_only)
+    every = L.LossConfig(**glo_only, single_state="every")
+    assert "glo" not in L.unlabelled_feature_loss(2, s, t, t, half)[1]  # (11): L_s2 at even t
+    assert "glo" in L.unlabelled_feature_loss(2, s, t, t, every)[1]
+    assert "loc" in L.unlabelled_feature_loss(1, s, t, t, L.LossConfig(losses=frozenset({"loc"}), grid=2,
+                                                                        single_state="every"))[1]
+    both = L.LossConfig(grid=2, single_state="every")  # both on: the swap as written
+    assert "glo" not in L.unlabelled_feature_loss(2, s, t, t, both)[1]
+    with pytest.raises(ValueError, match="single_state"):
+        L.LossConfig.from_cfg({**dict(load_config().method), "single_state": "always"})
