@@ -31,6 +31,7 @@ def test_paper_settings_follow_method_md():
     assert cs.train.lr == 0.002 and cs.train.epochs == 240 and cs.train.batch_size == 8
     assert cs.model.student.backbone == "resnet101" and cs.model.local_teacher.backbone == "wide_resnet101_2"
     assert voc.method.alpha == 0.1 and voc.method.cps_weight == 1.5
+    assert cs.method.cps_weight == 6.0  # CPS's Cityscapes config (TorchSemiSeg exp.city)
     # one learning rate, as METHOD.md gives (no head multiplier); CPS on labelled images too, as CPS's code
     assert voc.train.head_lr_mult == cs.train.head_lr_mult == 1.0 and voc.method.cps_labelled
 
