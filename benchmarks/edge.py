@@ -93,7 +93,7 @@ def main() -> None:
     import torch
 
     from igldt.data import build_dataset
-    from igldt.export.parity import compare
+    from igldt.export.parity import engine_miou
     from igldt.export.pipeline import run_export
     from igldt.runtime import Predictor
     from igldt.runtime.bench import measure_latency
@@ -126,7 +126,7 @@ def main() -> None:
             p = make()
             lat = measure_latency(p, frames, a.runs, warmup=5)
             fps = end_to_end_fps(p, video, Path(tmp) / name.replace(" ", "_"))
-            miou = compare(p, None, ds, limit=a.limit)["engine"]["miou"]
+            miou = engine_miou(p, ds, a.limit)
             rows[name] = {**lat, "video_fps": fps, "miou": miou, "gflop": gflop, "gflops": gflop / (lat["infer_p50_ms"] / 1e3)}
             print(f"{name:18s} p50 {lat['p50_ms']:6.1f} ms  p90 {lat['p90_ms']:6.1f} ms  video {fps:5.1f} FPS  "
                   f"mIoU {100 * miou:5.2f}  {rows[name]['gflops']:5.0f} GFLOP/s", flush=True)

@@ -67,8 +67,8 @@ def benchmark(artefacts, data, dataset, split, images_dir, limit, runs, warmup, 
         row.update(backend=p.backend.name, precision=p.meta.get("precision"), status="ok")
         try:
             if ds is not None:
-                from igldt.export.parity import compare
-                row["miou"] = compare(p, None, ds, limit=limit)["engine"]["miou"]
+                from igldt.export.parity import engine_miou
+                row["miou"] = engine_miou(p, ds, limit)
             row.update(measure_latency(p, images, runs, warmup))
         except (DeployError, ValueError) as e:
             row["status"] = f"error: {e}"

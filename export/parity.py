@@ -32,7 +32,7 @@ def compare(engine, reference, dataset, *, limit: int | None = None, tolerance: 
             observe: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None) -> dict:
     """Score `engine` (and `reference`, a Predictor or None) on `dataset` (load_image/load_mask/classes).
     `observe(i, image, mask, engine_labels)` sees each item (e.g. an `igldt.figures.SampleKeeper`)."""
-    from igldt.metrics import ConfusionMatrix, scored_count
+    from igldt.metrics import ConfusionMatrix, checked_labels, labelled_items
 
     classes = list(engine.classes or getattr(dataset, "classes", []))
     n = len(classes)
@@ -46,11 +46,12 @@ def compare(engine, reference, dataset, *, limit: int | None = None, tolerance: 
     cm_e, cm_r = ConfusionMatrix(n), ConfusionMatrix(n) if reference is not None else None
     same = total_px = 0
     max_diff = 0.0
-    total = scored_count(dataset, limit)
-    for i in range(total):
-        image, mask = dataset.load_image(i), dataset.load_mask(i)
+    total = 0
+    for i, image, mask in labelled_items(dataset, limit, progress=progress):
+        total += 1
         name = str(dataset.items[i].image) if hasattr(dataset, "items") else f"item {i}"
         le, ge = _labels_and_logits(engine, image, name, both_logits)
+        le = checked_labels(le, mask, i)
         cm_e.update(le, mask)
         if observe is not None:
             observe(i, image, mask, le)
@@ -61,8 +62,6 @@ def compare(engine, reference, dataset, *, limit: int | None = None, tolerance: 
             total_px += le.size
             if both_logits:
                 max_diff = max(max_diff, float(np.abs(ge - gr).max()))
-        if progress:
-            progress(i + 1, total)
     out = {"images": total, "classes": classes,
            "engine": {"path": str(engine.path), "backend": engine.backend.name,
                       "precision": engine.meta.get("precision"), **cm_e.to_dict(classes)}}
@@ -84,6 +83,14 @@ def compare(engine, reference, dataset, *, limit: int | None = None, tolerance: 
         "passed": bool(delta_points >= -tol or math.isnan(delta_points)),
     })
     return out
+
+
+def engine_miou(predictor, dataset, limit: int | None = None) -> float:
+    """mIoU of one runtime `Predictor` on `dataset` (what `igldt benchmark` prints beside latency)."""
+    from igldt.metrics import evaluate_predictor
+    report, _ = evaluate_predictor(lambda image: predictor.predict([image])[0], dataset,
+                                   classes=list(predictor.classes or dataset.classes), limit=limit)
+    return report["miou"]
 
 
 def format_report(r: dict) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -135,6 +135,34 @@ def scored_count(dataset: Any, limit: int | None) -> int:
     return len(dataset) if limit is None else min(limit, len(dataset))
 
 
+def labelled_items(dataset: Any, limit: int | None = None, center_crop: Sequence[int] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(index, image, mask) of the items an evaluation scores, checked (a mask, of the image's size)
+    and cut to the centred `center_crop` window when given; `progress(done, total)` after each.
+    The one loop behind `evaluate_predictor` and export parity (`igldt.export.parity.compare`)."""
+    total = scored_count(dataset, limit)
+    for i in range(total):
+        image, mask = dataset.load_image(i), dataset.load_mask(i)
+        if mask is None:
+            raise ValueError(f"item {i} of the dataset has no mask; evaluation needs a labelled split")
+        if image.shape[:2] != mask.shape[:2]:
+            raise ValueError(f"item {i}: image {image.shape[:2]} and mask {mask.shape[:2]} differ in size")
+        if center_crop is not None:
+            y0, x0, y1, x1 = center_box(*mask.shape[:2], center_crop)
+            image, mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+        yield i, np.ascontiguousarray(image), mask
+        if progress is not None:
+            progress(i + 1, total)
+
+
+def checked_labels(labels: Any, mask: np.ndarray, i: int) -> np.ndarray:
+    """A predictor's labels for item `i`, refused unless they have the mask's shape."""
+    labels = np.asarray(labels)
+    if labels.shape != mask.shape:
+        raise ValueError(f"item {i}: predictor returned {labels.shape} for a {mask.shape} mask")
+    return labels
+
+
 def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], dataset: Any, *,
                        num_classes: int | None = None, classes: Sequence[str] | None = None,
                        center_crop: Sequence[int] | None = None, limit: int | None = None,
@@ -156,26 +184,13 @@ def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], dataset: Any
     if classes and len(classes) != n:
         raise ValueError(f"dataset has {len(classes)} classes but the model predicts {n}; wrong dataset or weights?")
     cm = ConfusionMatrix(n, IGNORE)
-    total = scored_count(dataset, limit)
     start = time.perf_counter()
-    for i in range(total):
-        image, mask = dataset.load_image(i), dataset.load_mask(i)
-        if mask is None:
-            raise ValueError(f"item {i} of the dataset has no mask; evaluation needs a labelled split")
-        if image.shape[:2] != mask.shape[:2]:
-            raise ValueError(f"item {i}: image {image.shape[:2]} and mask {mask.shape[:2]} differ in size")
-        if center_crop is not None:
-            y0, x0, y1, x1 = center_box(*mask.shape[:2], center_crop)
-            image, mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
-        labels = np.asarray(predict(np.ascontiguousarray(image)))
-        if labels.shape != mask.shape:
-            raise ValueError(f"item {i}: predictor returned {labels.shape} for a {mask.shape} mask")
+    for i, image, mask in labelled_items(dataset, limit, center_crop, progress):
+        labels = checked_labels(predict(image), mask, i)
         cm.update(labels, mask)
         if observe is not None:
             observe(i, image, mask, labels)
-        if progress is not None:
-            progress(i + 1, total)
     seconds = time.perf_counter() - start
-    report = {**cm.to_dict(classes or None), "images": total, "seconds": round(seconds, 3),
+    report = {**cm.to_dict(classes or None), "images": scored_count(dataset, limit), "seconds": round(seconds, 3),
               "center_crop": list(center_crop) if center_crop is not None else None}
     return report, cm
