@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from igldt.cli.common import resolve_config
+from igldt.cli.common import hint, resolve_config
 
 
 def _available(*modules: str) -> str | None:
@@ -40,23 +40,29 @@ def _prepare(out: Path, exist_ok: bool) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--exist-ok", is_flag=True, help="Run again into an --out that holds a previous demo (overwrites it).")
 @click.option("--skip-deploy", is_flag=True, help="Stop after training (no ONNX export, no video inference).")
-def demo(out: Path, overrides, device: str, exist_ok: bool, skip_deploy: bool) -> None:
+@click.option("--data-only", is_flag=True, help="Only generate the demo dataset into OUT/data (seconds), then stop.")
+def demo(out: Path, overrides, device: str, exist_ok: bool, skip_deploy: bool, data_only: bool) -> None:
     """Train Sup-only, the CPS teachers and the IGL-DT student on the demo data, export, infer.
 
     \b
     igldt demo                      # about 10 minutes on 2 CPU cores
     igldt demo -o train.iters=30    # a quick look
+    igldt demo --data-only          # just the data, for igldt train --preset demo
     """
-    from igldt.data import DataError, build_dataset
+    from igldt.data import DataError, build_dataset, ensure_demo_dataset
     from igldt.train.loop import train as run
 
     start = time.perf_counter()
     _prepare(out, exist_ok)
     cfg = resolve_config("demo", [f"data.root={out / 'data'}", *overrides])
     try:
-        ds = build_dataset("demo", cfg.data.root, "train")  # generated on first use (seconds)
+        ds = build_dataset("demo", ensure_demo_dataset(cfg.data.root), "train")  # generated here (seconds)
     except DataError as e:
         raise click.ClickException(str(e)) from None
+    if data_only:
+        click.echo(f"demo dataset: {ds.root} ({len(ds)} train images)")
+        hint(f"igldt train --stage supervised --preset demo -o data.root={ds.root}")
+        return
     data_root = Path(ds.root)
     click.secho(f"demo data: {data_root} ({len(ds)} train images, {len(ds.classes)} classes)", bold=True)
 

@@ -1,7 +1,7 @@
 """Real images for the post-export check and for INT8 calibration.
 
-Check images: the checkpoint's validation split if reachable, else `--calib` images, else the demo
-data. Calibration images: `--calib DIR`, else the unlabelled pool of the training split recorded
+Check images: the checkpoint's validation split if reachable, else `--calib` images, else demo
+scenes rendered in memory (nothing is written). Calibration images: `--calib DIR`, else the unlabelled pool of the training split recorded
 in the checkpoint config (what the student saw without labels), else the labelled part.
 Images are returned as loaders (callables) so large pools are not held in memory.
 """
@@ -61,10 +61,14 @@ def check_images(meta: dict, calib: str | Path | None, n: int, demo_root: str | 
     if calib:
         loaders, names = folder_images(calib, n)
         return loaders, names, f"--calib {calib}"
-    root = Path(demo_root or Path.home() / ".cache" / "igldt" / "demo")
-    ds = build_dataset("demo", root, "val")
-    loaders, names = _from_dataset(ds, n)
-    return loaders, names, f"demo val images at {root}"
+    if demo_root:
+        ds = build_dataset("demo", demo_root, "val")
+        loaders, names = _from_dataset(ds, n)
+        return loaders, names, f"demo val images at {demo_root}"
+    from igldt.data.demo import demo_images
+    images = demo_images(n)
+    return [(lambda im=im: im) for im in images], [f"demo scene {i}" for i in range(n)], \
+        f"{n} demo scenes rendered in memory (no dataset reachable; pass --calib DIR for real ones)"
 
 
 def calibration_images(meta: dict, calib: str | Path | None, n: int):

@@ -95,3 +95,36 @@ def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         make_demo_dataset(tmp_path / "x", **SMALL)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reading_the_demo_dataset_never_generates_it(tmp_path):
+    """Generating the demo data is an explicit step: build_dataset only reads, and says how to generate."""
+    with pytest.raises(DataError, match="igldt demo --data-only"):
+        build_dataset("demo", tmp_path / "none", "train")
+    assert not (tmp_path / "none").exists()
+
+
+def test_demo_images_are_the_val_images_rendered_in_memory(tmp_path):
+    from igldt.data.demo import demo_images
+    root = make_demo_dataset(tmp_path / "d", **SMALL)
+    val = build_dataset("demo", root, "val")
+    images = demo_images(2, size=SMALL["size"])
+    assert all(np.array_equal(im, val.load_image(i)) for i, im in enumerate(images))
+
+
+def test_export_check_falls_back_to_scenes_in_memory_and_writes_nothing(tmp_path, monkeypatch):
+    from igldt.export.images import check_images
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    loaders, names, desc = check_images({"config": {"data": {"dataset": "camvid", "root": str(tmp_path / "gone")}}},
+                                        None, 3)
+    assert len(loaders) == 3 and loaders[0]().shape == (96, 128, 3) and "in memory" in desc
+    assert not (tmp_path / "home").exists()
+
+
+def test_demo_data_only_generates_the_data_and_stops(tmp_path):
+    from click.testing import CliRunner
+    from igldt.cli.main import cli
+    res = CliRunner().invoke(cli, ["demo", "--data-only", "--out", str(tmp_path / "demo")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "demo" / "data" / MANIFEST).is_file() and "igldt train --stage supervised --preset demo" in res.output
+    assert not (tmp_path / "demo" / "supervised").exists()

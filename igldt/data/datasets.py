@@ -19,6 +19,8 @@ from igldt.palette import voc_palette
 import yaml
 
 from igldt.constants import IGNORE_INDEX as IGNORE
+
+DEMO_MANIFEST = "manifest.json"  # what marks a folder as a generated demo dataset (igldt/data/demo.py)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -499,10 +501,11 @@ def detect_format(root: str | Path) -> str:
 def build_dataset(name: str, root: str | Path, split: str = "train") -> SegDataset:
     """The dataset `name` (voc | cityscapes | camvid | folder | demo | images) at `root`."""
     name = name.lower()
-    if name == "demo":
-        from .demo import ensure_demo_dataset
-
-        return FolderDataset(ensure_demo_dataset(root), split)
+    if name == "demo":  # read only: generating it is an explicit step (`igldt demo --data-only`)
+        if not (Path(root).expanduser() / DEMO_MANIFEST).is_file():
+            raise DataError(f"no demo dataset at {root}; generate it first: igldt demo --data-only --out DIR "
+                            f"(writes DIR/data), or igldt.data.make_demo_dataset('{root}')")
+        return FolderDataset(Path(root).expanduser(), split)
     if name not in FORMATS:
         raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join([*FORMATS, 'demo'])}")
     return FORMATS[name](root, split)

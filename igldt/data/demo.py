@@ -22,11 +22,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .datasets import IGNORE, DataError, write_classes_yaml
+from .datasets import DEMO_MANIFEST, IGNORE, DataError, write_classes_yaml
 from .splits import make_split, write_split
 
 DEMO_VERSION = 2  # 2: labelled scenes cover clear days only (see `describe_scene`)
-MANIFEST = "manifest.json"
+MANIFEST = DEMO_MANIFEST
 VIDEO = "demo.mp4"
 DEMO_CLASSES = ["sky", "building", "road", "sidewalk", "tree", "car", "person"]
 DEMO_PALETTE = np.array([(70, 130, 180), (70, 70, 70), (128, 64, 128), (244, 35, 232), (107, 142, 35),
@@ -287,6 +287,17 @@ def _generate(tmp: Path, p: dict[str, Any]) -> dict[str, Any]:
             _step(scene, h, w)
         writer.release()
     return counts
+
+
+def demo_images(n: int, size: tuple[int, int] = (96, 128), seed: int = 0) -> list[np.ndarray]:
+    """The first `n` demo val scenes (RGB uint8), rendered in memory: pixel for pixel the val images
+    `make_demo_dataset(seed=seed, size=size)` writes, with nothing written."""
+    h, w = size
+    images = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, 1, i])  # the val stream of `_generate` (split code 1)
+        images.append(render(describe_scene(rng, h, w), rng, h, w)[0])
+    return images
 
 
 def make_demo_dataset(root: str | Path, seed: int = 0, n_labelled_train: int = 16, n_unlabelled_train: int = 48,
