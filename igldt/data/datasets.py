@@ -14,18 +14,15 @@ from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
-
-from igldt.palette import voc_palette
 import yaml
 
 from igldt.constants import IGNORE_INDEX as IGNORE
+from igldt.palette import voc_palette
+
+from .errors import IMAGE_EXTS, DataError
+from .splits import read_split_file
 
 DEMO_MANIFEST = "manifest.json"  # what marks a folder as a generated demo dataset (igldt/data/demo.py)
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class DataError(ValueError):
-    """Bad or missing data; the message names the path and what to do about it."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +196,6 @@ class VOCDataset(SegDataset):
     ignore_colour = (224, 224, 192)  # the VOC object-boundary colour in palette PNGs
 
     def __init__(self, root: str | Path, split: str = "train") -> None:
-        from .splits import read_split_file
 
         root = _root(root, "PASCAL VOC 2012")
         if not (root / "JPEGImages").is_dir() and (root / "VOC2012" / "JPEGImages").is_dir():
@@ -412,7 +408,6 @@ class FolderDataset(SegDataset):
     name = "folder"
 
     def __init__(self, root: str | Path, split: str = "train") -> None:
-        from .splits import read_split_file
 
         root = _root(root, "image/mask")
         classes, palette, ignore = read_classes_yaml(root / "classes.yaml")

@@ -15,7 +15,7 @@ import numpy as np
 
 from igldt.io import write_text_atomic
 
-from .datasets import IMAGE_EXTS, DataError
+from .errors import IMAGE_EXTS, DataError
 
 if TYPE_CHECKING:
     from .datasets import SegDataset
