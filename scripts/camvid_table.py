@@ -5,7 +5,9 @@ For each training seed: Sup-only, CPS (two networks of the student's backbone tr
 teachers stage), the IGL-DT teachers (with their ensemble), the IGL-DT student; every checkpoint
 evaluated on CamVid val; docs/results.md rewritten with the table over all seeds found.
 
-    python scripts/camvid_table.py --seeds 0 --data ROOT      # one seed, every stage (budget: 90 min, 2 cores)
+    python scripts/camvid_table.py --seeds 0 --data ROOT      # one seed, every stage (~85 min on 2 idle cores:
+                                                              # teachers and CPS ~30 each, student 16, Sup-only 7)
+    python scripts/camvid_table.py --seeds 0 1 2 --device cuda # on a GPU: ~11 min a seed (docs/results.md)
     python scripts/camvid_table.py --seeds 1 2                # more seeds into the same folder
     python scripts/camvid_table.py --report-only              # rewrite docs/results.md from the runs found
     python scripts/camvid_table.py --seeds 0 -o train.iters=4 --out runs/camvid-smoke --results /tmp/smoke.md
