@@ -1,8 +1,9 @@
 """Real images for the post-export check and for INT8 calibration.
 
 Check images: the checkpoint's validation split if reachable, else `--calib` images, else demo
-scenes rendered in memory (nothing is written). Calibration images: `--calib DIR`, else the unlabelled pool of the training split recorded
-in the checkpoint config (what the student saw without labels), else the labelled part.
+scenes rendered in memory (nothing is written). Calibration images: `--calib DIR`, else the unlabelled
+pool of the training split recorded in the checkpoint config (what the student saw without labels),
+else the labelled part.
 Images are returned as loaders (callables) so large pools are not held in memory.
 """
 from __future__ import annotations

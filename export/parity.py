@@ -32,7 +32,7 @@ def compare(engine, reference, dataset, *, limit: int | None = None, tolerance: 
             observe: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None) -> dict:
     """Score `engine` (and `reference`, a Predictor or None) on `dataset` (load_image/load_mask/classes).
     `observe(i, image, mask, engine_labels)` sees each item (e.g. an `igldt.figures.SampleKeeper`)."""
-    from igldt.metrics import ConfusionMatrix, checked_labels, labelled_items
+    from igldt.metrics import ConfusionMatrix, checked_labels, labelled_items, scored_count
 
     classes = list(engine.classes or getattr(dataset, "classes", []))
     n = len(classes)
@@ -46,9 +46,8 @@ def compare(engine, reference, dataset, *, limit: int | None = None, tolerance: 
     cm_e, cm_r = ConfusionMatrix(n), ConfusionMatrix(n) if reference is not None else None
     same = total_px = 0
     max_diff = 0.0
-    total = 0
+    total = scored_count(dataset, limit)
     for i, image, mask in labelled_items(dataset, limit, progress=progress):
-        total += 1
         name = str(dataset.items[i].image) if hasattr(dataset, "items") else f"item {i}"
         le, ge = _labels_and_logits(engine, image, name, both_logits)
         le = checked_labels(le, mask, i)

@@ -299,18 +299,23 @@ def test_runtime_and_infer_cli_without_torch(model, tmp_path):
     assert (tmp_path / "run" / "masks" / "img.png").exists()
 
 
-def test_evaluate_engine_without_torch_writes_report_and_figures(model, tmp_path):
-    """`igldt evaluate --engine` on an edge install: JSON, confusion matrix and samples, no torch."""
+def labelled_folder(data: Path, n: int) -> Path:
+    """A folder-format val split of `n` random images whose masks are the tiny model's own answer."""
     from igldt.data import write_classes_yaml
 
-    data = tmp_path / "data"
     for sub in ("images/val", "masks/val"):
         (data / sub).mkdir(parents=True)
     write_classes_yaml(data / "classes.yaml", CLASSES, np.asarray(PALETTE, np.uint8))
-    for i in range(6):
+    for i in range(n):
         img = rand_img(24, 32, i)
         cv2.imwrite(str(data / "images" / "val" / f"v{i}.png"), img[..., ::-1])
         cv2.imwrite(str(data / "masks" / "val" / f"v{i}.png"), expected_logits(img).argmax(0).astype(np.uint8))
+    return data
+
+
+def test_evaluate_engine_without_torch_writes_report_and_figures(model, tmp_path):
+    """`igldt evaluate --engine` on an edge install: JSON, confusion matrix and samples, no torch."""
+    data = labelled_folder(tmp_path / "data", 6)
     out = tmp_path / "eval.json"
     code = BLOCK_TORCH + textwrap.dedent(f"""
         from igldt.cli.main import cli
@@ -416,16 +421,8 @@ def test_benchmark_prints_miou_and_latency_of_an_engine(model, tmp_path):
     from click.testing import CliRunner
 
     from igldt.cli.main import cli
-    from igldt.data import write_classes_yaml
 
-    data = tmp_path / "data"
-    for sub in ("images/val", "masks/val"):
-        (data / sub).mkdir(parents=True)
-    write_classes_yaml(data / "classes.yaml", CLASSES, np.asarray(PALETTE, np.uint8))
-    for i in range(3):
-        img = rand_img(24, 32, i)
-        cv2.imwrite(str(data / "images" / "val" / f"v{i}.png"), img[..., ::-1])
-        cv2.imwrite(str(data / "masks" / "val" / f"v{i}.png"), expected_logits(img).argmax(0).astype(np.uint8))
+    data = labelled_folder(tmp_path / "data", 3)
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(cli, ["benchmark", str(model), "--data", str(data), "--dataset", "folder", "--split", "val",
                                    "--runs", "2", "--warmup", "1", "--device", "cpu", "--json", str(out)])
