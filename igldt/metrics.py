@@ -16,6 +16,18 @@ import numpy as np
 from igldt.constants import IGNORE_INDEX as IGNORE
 
 
+class MIoU(float):
+    """An mIoU that also carries its per-class IoU (`per_class`: class name -> IoU, None where the
+    class is absent from ground truth and prediction), so a training log can follow each class."""
+
+    per_class: dict
+
+    def __new__(cls, value: float, per_class: dict):
+        obj = super().__new__(cls, value)
+        obj.per_class = per_class
+        return obj
+
+
 class ConfusionMatrix:
     """`matrix[t, p]` counts pixels of ground-truth class t predicted as p; ignore pixels skipped.
 

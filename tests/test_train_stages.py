@@ -52,6 +52,12 @@ def test_each_stage_writes_export_ready_best_and_resumable_last(runs):
     assert len(meta["classes"]) == 7
     val = [r for r in read_metrics(base / "teachers" / "metrics.jsonl") if "val" in r][-1]["val"]
     assert {"miou_global", "miou_local", "miou_ensemble"} <= set(val)
+    # each validation logs every model's per-class IoU, whose mean (over the classes present) is its mIoU
+    assert set(val["class_iou"]) == {"global", "local", "ensemble"}
+    for name, per_class in val["class_iou"].items():
+        assert list(per_class) == list(meta["classes"])
+        present = [v for v in per_class.values() if v is not None]
+        assert abs(np.mean(present) - val[f"miou_{name}"]) < 1e-3
     student = load_checkpoint(base / "student" / "best.pt", kinds=("student",))
     assert {"arch", "state_dict", "classes", "palette", "mean", "std"} <= set(student)
     assert "teachers" not in student and "optimizer" not in student  # what export needs, nothing more

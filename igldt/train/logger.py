@@ -52,9 +52,10 @@ class RunLogger:
         if not self.enabled:
             return
         self.write({"iteration": iteration, "val": metrics})
-        self.bar.write(f"iter {iteration}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}  # not class_iou
+        self.bar.write(f"iter {iteration}: " + ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
         if self.tb:
-            for k, v in metrics.items():
+            for k, v in scalars.items():
                 self.tb.add_scalar(f"val/{k}", v, iteration)
 
     def message(self, text: str) -> None:
@@ -111,7 +112,7 @@ def plot_metrics(path: Path, out_png: Path) -> Path | None:
     ax1.set(xlabel="iteration", ylabel="loss", title="loss terms")
     if keys:
         ax1.legend(fontsize=7)
-    vkeys = sorted({k for r in val for k in r["val"]})
+    vkeys = sorted({k for r in val for k, v in r["val"].items() if isinstance(v, (int, float))})
     for k in vkeys:
         pts = [(r["iteration"], r["val"][k]) for r in val if k in r["val"]]
         ax2.plot(*zip(*pts), marker="o", label=k)

@@ -371,7 +371,7 @@ def prepare_run_dir(out_dir: Path, resuming: bool, exist_ok: bool) -> None:
 
 def make_validator(cfg, dataset, ctx: D.DistContext,
                    figures: Path | None = None) -> Callable[[torch.nn.Module], float]:
-    """`val(model) -> mIoU` over a labelled dataset (a `SegDataset`), with cfg.train's eval_mode,
+    """`val(model) -> mIoU` (an `MIoU`: a float with its per-class IoU) over a labelled dataset (a `SegDataset`), with cfg.train's eval_mode,
     eval_crop, eval_stride and amp, to be called on every rank at once.
 
     Sharded: rank r scores images r, r + world, r + 2 world, ... and the ranks sum their confusion
@@ -382,7 +382,7 @@ def make_validator(cfg, dataset, ctx: D.DistContext,
     """
     from igldt.evaluate import MODES, _pair, make_predictor
     from igldt.figures import SAMPLES, SampleKeeper, run_figure_paths, write_figures
-    from igldt.metrics import ConfusionMatrix, evaluate_predictor
+    from igldt.metrics import MIoU, ConfusionMatrix, evaluate_predictor
     d, tc = cfg["data"], cfg["train"]
     mode, crop = tc["eval_mode"], tc["eval_crop"]
     if mode not in MODES:  # refused before training, not at the first validation hours later
@@ -392,7 +392,7 @@ def make_validator(cfg, dataset, ctx: D.DistContext,
     n = len(dataset.classes)
     shard = dataset if ctx.world == 1 else dataset.subset(range(ctx.rank, len(dataset), ctx.world))
 
-    def val(model: torch.nn.Module) -> float:
+    def val(model: torch.nn.Module) -> MIoU:
         predict = make_predictor(model, d["mean"], d["std"], mode, crop, tc["eval_stride"], ctx.device, tc["amp"])
         keep = SampleKeeper(SAMPLES if ctx.is_main else 0, len(shard))
         _, cm = evaluate_predictor(predict, shard, num_classes=n, center_crop=crop if mode == "center" else None,
@@ -402,7 +402,8 @@ def make_validator(cfg, dataset, ctx: D.DistContext,
         if figures is not None and ctx.is_main:  # figures/confusion.png, samples.png: overwritten each time
             write_figures(total, keep.samples, dataset.classes, dataset.palette, *run_figure_paths(figures))
         miou = total.miou()
-        return float(miou) if math.isfinite(miou) else 0.0
+        per_class = {c: (None if math.isnan(v) else round(float(v), 4)) for c, v in zip(dataset.classes, total.iou())}
+        return MIoU(miou if math.isfinite(miou) else 0.0, per_class)
 
     return val
 

@@ -139,14 +139,19 @@ class Stage:
         """Models validated, by the name their mIoU is logged under."""
         return {"student": self.modules()["student"]}
 
-    def validate(self, evaluate: Callable[[nn.Module], float]) -> dict[str, float]:
-        """mIoU of each validated model, and `score` (what decides the best checkpoint)."""
+    def validate(self, evaluate: Callable[[nn.Module], float]) -> dict:
+        """mIoU of each validated model, `score` (what decides the best checkpoint) and, where the
+        evaluator gives it (`metrics.MIoU`), `class_iou`: each model's per-class IoU."""
         self.eval()
         try:
-            scores = {f"miou_{k}": float(evaluate(m)) for k, m in self.validated().items()}
+            results = {k: evaluate(m) for k, m in self.validated().items()}
         finally:
             self.train()
+        scores: dict = {f"miou_{k}": float(v) for k, v in results.items()}
         scores["score"] = sum(scores.values()) / len(scores)
+        per_class = {k: v.per_class for k, v in results.items() if hasattr(v, "per_class")}
+        if per_class:
+            scores["class_iou"] = per_class
         return scores
 
     def export_payload(self, meta: dict) -> dict:
