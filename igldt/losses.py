@@ -306,9 +306,17 @@ def total_loss(iteration: int, s_l: dict, t_su_l: dict, t_ru_l: dict, target: to
     return loss, {**terms, **terms_u, "state": torch.tensor(float(swap_state(iteration))), "loss": loss.detach()}
 
 
+def cutmix(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """`x` (B x ... x H x W) with the pixels inside each sample's CutMix `box` (B x H x W bool) taken
+    from the next sample of the batch (rolled by one), so one batch supplies both images of each mix."""
+    inside = box.view(box.shape[0], *([1] * (x.dim() - box.dim())), *box.shape[1:])
+    return torch.where(inside, x.roll(1, dims=0), x)
+
+
 def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: torch.Tensor | None,
              r_u: torch.Tensor | None, weight: float = 1.5, valid_u: torch.Tensor | None = None,
-             labelled_too: bool = False) -> tuple[torch.Tensor, dict]:
+             labelled_too: bool = False, targets_u: tuple[torch.Tensor, torch.Tensor] | None = None,
+             ) -> tuple[torch.Tensor, dict]:
     """Stage 1 (CPS, Chen et al. 2021): CE on labelled images for both teachers, plus `weight` (lambda)
     times each teacher's CE against the other's hard prediction on unlabelled images, and with
     `labelled_too` on the labelled images as well (CPS's own code takes the cross CE over the whole
@@ -317,16 +325,20 @@ def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: to
     `g_*` / `r_*`: logits of the global (T_SU) and local (T_RU) teacher on labelled / unlabelled images;
     `valid_u`: False on unlabelled crop padding (excluded). Without unlabelled logits (`g_u`, `r_u`
     None: the warm-up of `method.cps_warmup`) the loss is the two labelled CE terms alone.
+    `targets_u`: the (global, local) logits the unlabelled hard labels are taken from, when they are
+    not `g_u`, `r_u` themselves (CPS with CutMix: each network's prediction on the unmixed images,
+    mixed like the images; `TeachersStage`).
     """
     sup_g, sup_r = supervised_ce(g_l, target), supervised_ce(r_l, target)
     if g_u is None or r_u is None:
         loss = sup_g + sup_r
         return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "loss": loss.detach()}
+    t_g, t_r = targets_u if targets_u is not None else (g_u, r_u)
     if labelled_too:
-        g_u, r_u = torch.cat([g_l, g_u]), torch.cat([r_l, r_u])
+        g_u, r_u, t_g, t_r = torch.cat([g_l, g_u]), torch.cat([r_l, r_u]), torch.cat([g_l, t_g]), torch.cat([r_l, t_r])
         if valid_u is not None:
             valid_u = torch.cat([torch.ones_like(valid_u[:1]).expand(g_l.shape[0], -1, -1), valid_u])
-    cps = pseudo_label_ce(g_u, r_u, valid=valid_u) + pseudo_label_ce(r_u, g_u, valid=valid_u)
+    cps = pseudo_label_ce(g_u, t_r, valid=valid_u) + pseudo_label_ce(r_u, t_g, valid=valid_u)
     loss = sup_g + sup_r + weight * cps
     return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "cps": cps.detach(), "loss": loss.detach()}
 

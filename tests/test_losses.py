@@ -307,3 +307,51 @@ def test_single_state_every_runs_the_lone_feature_loss_at_every_iteration():
     assert "glo" not in L.unlabelled_feature_loss(2, s, t, t, both)[1]
     with pytest.raises(ValueError, match="single_state"):
         L.LossConfig.from_cfg({**dict(load_config().method), "single_state": "always"})
+
+
+def test_cutmix_takes_the_box_from_the_next_sample_of_the_batch():
+    x = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 2, 4, 4).clone()
+    box = torch.zeros(3, 4, 4, dtype=torch.bool)
+    box[0, :2, :2] = True
+    mixed = L.cutmix(x, box)
+    assert torch.equal(mixed[0, :, :2, :2], torch.full((2, 2, 2), 2.0))  # sample 0's box from sample 2 (rolled)
+    assert torch.equal(mixed[0, :, 2:], x[0, :, 2:]) and torch.equal(mixed[1:], x[1:])
+    assert torch.equal(L.cutmix(x[:, 0], box), mixed[:, 0])  # B x H x W maps (valid, labels) mix alike
+
+
+def test_teachers_learn_on_mixed_images_from_each_others_mixed_labels():
+    """data.cutmix in the teachers stage: CPS with CutMix. Each teacher labels the unmixed images, the
+    labels are mixed like the images, and each teacher's prediction on the mixed images learns the other's."""
+    from igldt.train.stages import StudentStage, TeachersStage
+
+    class Pixelwise(torch.nn.Module):  # a 1x1 conv: its prediction at a pixel depends on that pixel alone
+        def __init__(self, seed):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+            torch.nn.init.normal_(self.conv.weight, generator=torch.Generator().manual_seed(seed))
+
+        def forward(self, x):
+            logits = self.conv(x)
+            return {"logits": logits, "features": logits}
+
+    cfg = {"method": {"alpha": 0.1, "grid": 2, "losses": list(L.LOSS_TERMS), "threshold": None,
+                      "cps_weight": 1.5, "cps_labelled": False}, "train": {"head_lr_mult": 1.0}, "data": {"cutmix": True}}
+    g, r = Pixelwise(0), Pixelwise(1)
+    stage = TeachersStage(cfg, g, r)
+    gen = torch.Generator().manual_seed(2)
+    x_l, x_u = torch.randn(2, 3, 4, 4, generator=gen), torch.randn(2, 3, 4, 4, generator=gen)
+    box = torch.zeros(2, 4, 4, dtype=torch.bool)
+    box[1, 1:3, :] = True
+    bl = {"image": x_l, "mask": torch.zeros(2, 4, 4, dtype=torch.long)}
+    loss, terms = stage.step(bl, {"image": x_u, "valid": torch.ones(2, 4, 4, dtype=torch.bool), "box": box}, 1)
+    mixed = L.cutmix(x_u, box)
+    with torch.no_grad():  # a pixelwise net labels a mixed pixel as it labelled the pixel it came from
+        want = (L.pseudo_label_ce(g(mixed)["logits"], r(mixed)["logits"])
+                + L.pseudo_label_ce(r(mixed)["logits"], g(mixed)["logits"]))
+    assert terms["cps"].item() == pytest.approx(want.item(), rel=1e-6)
+    loss.backward()
+    assert g.conv.weight.grad is not None and r.conv.weight.grad is not None
+    plain, _ = TeachersStage(cfg, g, r).step(bl, {"image": x_u}, 1)  # no boxes: plain CPS
+    assert plain.item() != pytest.approx(loss.item())
+    with pytest.raises(ValueError, match="data.cutmix"):
+        StudentStage({**cfg, "data": {"cutmix": True}}, Pixelwise(3), g, r)

@@ -81,10 +81,12 @@ class Stage:
     name = ""
     kind = ""  # checkpoint kind of best.pt
     uses_unlabelled = False
+    mixes = False  # uses data.cutmix's boxes (the teachers' CPS); the other stages refuse it
 
     def __init__(self, cfg, trainable: dict[str, nn.Module]):
-        if self.uses_unlabelled and cfg["data"]["cutmix"]:
-            raise ValueError("data.cutmix: CutMix is not part of IGL-DT's losses (METHOD.md); set data.cutmix=false")
+        if self.uses_unlabelled and cfg["data"]["cutmix"] and not self.mixes:
+            raise ValueError(f"data.cutmix: the {self.name} stage has no CutMix in its losses (METHOD.md; only the "
+                             "teachers' CPS can use it); set data.cutmix=false for this stage")
         self.cfg = cfg
         self.opts = L.LossConfig.from_cfg(cfg["method"])
         self._raw = dict(trainable)
@@ -175,9 +177,10 @@ class SupervisedStage(Stage):
 
 
 class TeachersStage(Stage):
-    """Stage 1: T_SU and T_RU trained jointly with cross pseudo supervision (weight method.cps_weight)."""
+    """Stage 1: T_SU and T_RU trained jointly with cross pseudo supervision (weight method.cps_weight);
+    with data.cutmix, CPS with CutMix as in the CPS paper's CutMix experiments."""
     name, kind = "teachers", "teachers"
-    uses_unlabelled = True
+    uses_unlabelled, mixes = True, True
 
     def __init__(self, cfg, global_teacher: nn.Module, local_teacher: nn.Module):
         super().__init__(cfg, {"teachers": TeacherPair(global_teacher, local_teacher)})
@@ -193,12 +196,27 @@ class TeachersStage(Stage):
             g_l, r_l = self.run["teachers"](batch_l["image"])
             loss, terms = L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], None, None, lam)
             return loss, {**terms, "lambda": torch.tensor(lam)}
+        x_u, valid, targets = batch_u["image"], batch_u.get("valid"), None
+        if "box" in batch_u:
+            x_u, valid, targets = self._mixed(batch_u)
         # One forward per teacher over labelled + unlabelled: one graph per step, as DDP expects.
-        g, r = self.run["teachers"](torch.cat([batch_l["image"], batch_u["image"]]))
+        g, r = self.run["teachers"](torch.cat([batch_l["image"], x_u]))
         (g_l, g_u), (r_l, r_u) = _split(g, n), _split(r, n)
         loss, terms = L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], g_u["logits"], r_u["logits"],
-                                 lam, batch_u.get("valid"), self.opts.cps_labelled)
+                                 lam, valid, self.opts.cps_labelled, targets)
         return loss, {**terms, "lambda": torch.tensor(lam)}
+
+    def _mixed(self, batch_u: dict) -> tuple[torch.Tensor, torch.Tensor | None, tuple]:
+        """CPS with CutMix (the CPS paper's CutMix setting, TorchSemiSeg's train.py): each teacher labels
+        the unmixed images without gradient, then images, those logits and the valid maps are mixed
+        alike (`losses.cutmix`), and each teacher learns on the mixed images from the other's mixed labels.
+        The labelling pass runs the unwrapped pair in train mode, as CPS does (its BatchNorm sees it)."""
+        box = batch_u["box"]
+        with torch.no_grad():
+            g0, r0 = self.modules()["teachers"](batch_u["image"])
+        valid = batch_u.get("valid")
+        return (L.cutmix(batch_u["image"], box), None if valid is None else L.cutmix(valid, box),
+                (L.cutmix(g0["logits"], box), L.cutmix(r0["logits"], box)))
 
     def validated(self) -> dict[str, nn.Module]:
         pair = self.modules()["teachers"]
