@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("supervised", "teachers", "student", "cps")
+STAGES = ("supervised", "teachers", "student", "cps", "supervised-long")
+DEFAULT_STAGES = STAGES[:4]  # supervised-long (Sup-only at the teachers' budget) when asked for
 DONE = "done.json"    # per finished step: {"wall": seconds, "command": ...}; a rerun skips the step
-EVAL_DONE = "evaluate.done.json"
 KEEP_BELOW = "<!-- written above by scripts/camvid_table.py; kept below -->"
 VAL_EVERY = 200       # every stage validates every 200 iterations; best.pt is the best of these
 
@@ -99,41 +99,36 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
     student_spec = json.dumps(dict(cfg.model.student))
     cps = ["-o", "model.teachers=dual", "-o", f"model.global_teacher={student_spec}",
            "-o", f"model.local_teacher={student_spec}"]
-    extra = {"supervised": [], "cps": cps, "teachers": [],
+    long = load_config(preset, overrides, stage="teachers").train.iters
+    extra = {"supervised": [], "cps": cps, "teachers": [], "supervised-long": ["-o", f"train.iters={long}"],
              "student": ["--teachers", teachers or str(out / f"seed{seed}" / "teachers" / "best.pt")]}
+    stage_of = {"cps": "teachers", "supervised-long": "supervised"}
     for name in [s for s in STAGES if s in stages]:
-        stage = "teachers" if name == "cps" else name
-        cmd = igldt + ["train", "--stage", stage, *common, "--out", str(out / f"seed{seed}" / name), *extra[name]]
+        cmd = igldt + ["train", "--stage", stage_of.get(name, name), *common, "--out", str(out / f"seed{seed}" / name),
+                       *extra[name]]
         sh(cmd, folder / f"{name}.log", folder / name / DONE)
-    for name in [s for s in ("supervised", "student") if s in stages]:
-        cmd = igldt + ["evaluate", "--weights", str(out / f"seed{seed}" / name / "best.pt"), "--device", device,
-                       "--out", str(out / f"seed{seed}" / name / "best.eval.json"), "--force"]
-        sh(cmd, folder / f"evaluate-{name}.log", folder / name / EVAL_DONE)
 
 
 def collect(out: Path) -> dict[int, dict]:
-    """{seed: {"val": {row: mIoU or None}, "eval": {...}, "times": {step: s}, "commands": [...]}} for every
-    seed whose Sup-only and student steps are done (teachers and CPS rows where they were run)."""
+    """{seed: {"val": {row: mIoU or None}, "iou": {row: {class: IoU}}, "times": {step: s}, "commands": [...]}}
+    for every seed whose Sup-only and student steps are done (the other rows where they were run)."""
     found = {}
     for folder in sorted((REPO / out).glob("seed*")):
         done = {s: json.loads((folder / s / DONE).read_text()) for s in STAGES if (folder / s / DONE).exists()}
-        evals = {s: json.loads((folder / s / EVAL_DONE).read_text()) for s in ("supervised", "student")
-                 if (folder / s / EVAL_DONE).exists()}
-        if len(evals) < 2:
+        if not {"supervised", "student"} <= set(done):
             continue
         # The validation that chose best.pt (the highest score), for every stage alike.
         best = {s: max(vals(folder / s) or [{}], key=lambda v: v.get("score", 0)) for s in done}
-        get = lambda stage, key: best.get(stage, {}).get(key)
-        row = {"Sup-only": get("supervised", "miou_student"),
-               "CPS (network 1)": get("cps", "miou_global"), "CPS (network 2)": get("cps", "miou_local"),
-               "T_SU (global teacher)": get("teachers", "miou_global"),
-               "T_RU (local teacher)": get("teachers", "miou_local"),
-               "teachers' ensemble": get("teachers", "miou_ensemble"),
-               "IGL-DT student": get("student", "miou_student")}
-        steps = {**done, **{f"evaluate {s}": e for s, e in evals.items()}}
+        get = lambda stage, key: best.get(stage, {}).get(f"miou_{key}")
+        iou = lambda stage, key: best.get(stage, {}).get("class_iou", {}).get(key)
+        rows = {"Sup-only": ("supervised", "student"), "CPS (network 1)": ("cps", "global"),
+                "CPS (network 2)": ("cps", "local"), "T_SU (global teacher)": ("teachers", "global"),
+                "T_RU (local teacher)": ("teachers", "local"), "teachers' ensemble": ("teachers", "ensemble"),
+                "IGL-DT student": ("student", "student"),
+                "Sup-only, teachers' budget": ("supervised-long", "student")}
         found[int(folder.name[4:])] = {
-            "val": row, "eval": {s: json.loads((folder / s / "best.eval.json").read_text()) for s in evals},
-            "times": {k: v["wall"] for k, v in steps.items()}, "commands": [v["command"] for v in steps.values()]}
+            "val": {r: get(*k) for r, k in rows.items()}, "iou": {r: iou(*k) for r, k in rows.items()},
+            "times": {k: v["wall"] for k, v in done.items()}, "commands": [v["command"] for v in done.values()]}
     return found
 
 
@@ -147,10 +142,10 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path)
     teach = load_config(preset, overrides, stage="teachers")
     m = cfg.model
     seeds = sorted(found)
-    rows = list(next(iter(found.values()))["val"])
+    rows = [r for r in next(iter(found.values()))["val"] if any(found[s]["val"][r] is not None for s in seeds)]
     backbone = {"Sup-only": m.student, "CPS (network 1)": m.student, "CPS (network 2)": m.student,
                 "T_SU (global teacher)": m.global_teacher, "T_RU (local teacher)": m.local_teacher,
-                "teachers' ensemble": None, "IGL-DT student": m.student}
+                "teachers' ensemble": None, "IGL-DT student": m.student, "Sup-only, teachers' budget": m.student}
 
     def describe(spec) -> str:
         if spec is None:
@@ -173,12 +168,12 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path)
     table.append(f"| **student - Sup-only** | | " + " | ".join(f"{100 * g:+.2f}" for g in gains)
                  + f" | {stats(gains).replace('n/a', '')} |")
 
-    classes = list(found[seeds[0]]["eval"]["student"]["iou"])
+    with_iou = [r for r in rows if all(found[s]["iou"][r] for s in seeds)]
+    classes = list(found[seeds[0]]["iou"]["IGL-DT student"] or [])
     per_class = ["| class | " + " | ".join(classes) + " |", "| --- |" + " --- |" * len(classes)]
-    for name in ("supervised", "student"):
-        means = [statistics.mean(found[s]["eval"][name]["iou"][c] or 0.0 for s in seeds) for c in classes]
-        per_class.append(f"| {'Sup-only' if name == 'supervised' else 'IGL-DT student'} | "
-                         + " | ".join(f"{100 * v:.1f}" for v in means) + " |")
+    for r in with_iou:
+        means = [statistics.mean(found[s]["iou"][r][c] or 0.0 for s in seeds) for c in classes]
+        per_class.append(f"| {r} | " + " | ".join(f"{100 * v:.1f}" for v in means) + " |")
 
     first = found[seeds[0]]
     walls = {s: sum(found[s]["times"].values()) / 60 for s in seeds}
@@ -206,7 +201,8 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path)
         f"`igldt evaluate --weights {out}/seed{seeds[0]}/student/best.pt --data ROOT --dataset camvid --split test`. "
         "Why the student does not beat Sup-only here, with figures: [experiments.md](experiments.md).",
         "",
-        "Per-class IoU (%), mean over the seeds, from `igldt evaluate` on each best.pt:",
+        "Per-class IoU (%), mean over the seeds, of each best.pt (from the validation that chose it, logged in "
+        "its run's metrics.jsonl; `igldt evaluate` on the file gives the same figures):",
         "",
         *per_class,
         "",
@@ -219,7 +215,8 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path)
         f"poly 0.9, linear warm-up over {cfg.train.warmup_iters} iterations for Sup-only and the student, "
         f"{teach.train.warmup_iters} for the teachers), "
         f"losses {list(cfg.method.losses)}, alpha {cfg.method.alpha}, grid {cfg.method.grid}, "
-        f"CPS weight {cfg.method.cps_weight} (ramp-up {cfg.method.cps_rampup} iterations), "
+        f"CPS weight {cfg.method.cps_weight} (ramp-up {cfg.method.cps_rampup} iterations"
+        + (", with CutMix" if teach.data.cutmix else "") + "), "
         f"pseudo-label threshold {cfg.method.threshold}.",
         "",
         "## Commands and wall time",
@@ -252,8 +249,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data", default=os.environ.get("IGLDT_CAMVID"), metavar="ROOT",
                     help="CamVid root (default: $IGLDT_CAMVID, else the preset's data.root, data/camvid)")
-    ap.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES,
-                    help="run only these steps (the others must be done already for the report)")
+    ap.add_argument("--stages", nargs="*", default=list(DEFAULT_STAGES), choices=STAGES,
+                    help="run only these steps (the others must be done already for the report); "
+                         "supervised-long, Sup-only at the teachers' iteration count, runs only when named")
     ap.add_argument("--teachers", default=None,
                     help="teachers checkpoint for the student step (default: the seed's own teachers run)")
     args = ap.parse_args()
