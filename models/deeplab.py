@@ -59,6 +59,25 @@ class GlobalAttention(nn.Module):
         return tokens.transpose(1, 2).reshape(b, c, h, w)
 
 
+class ResidualContext(nn.Module):
+    """GlobalAttention added to the backbone's deepest map instead of replacing it: projected in to
+    the attention width, projected back out by a zero-initialised 1x1 convolution, and summed with
+    the map. At initialisation the network is exactly its attention-free twin with its pretrained
+    deep features intact; the attention layers then learn a correction (zero-init residual branches,
+    as in ReZero / Fixup). Replacing the map with new random layers instead costs the pretrained
+    global teacher ~7 val mIoU on CamVid against its plain twin (docs/experiments.md, section 12)."""
+
+    def __init__(self, ch: int, width: int, layers: int):
+        super().__init__()
+        self.inner = nn.Sequential(nn.Conv2d(ch, width, 1), GlobalAttention(width, layers))
+        self.out = nn.Conv2d(width, ch, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.out(self.inner(x))
+
+
 class ASPP(nn.Module):
     """1x1 + three atrous 3x3 (rates) + image pooling, concatenated and projected to `ch`."""
 
@@ -108,12 +127,13 @@ class DeepLabV3Plus(nn.Module):
     `head`: "dense" 3x3 convolutions in ASPP and decoder (as METHOD.md) or "separable" (the DeepLabV3+
     paper's atrous separable convolutions, ~3x cheaper for an edge student). `channels`: ASPP and
     decoder width (the feature losses need the same width for every role). `attention`: number of
-    global self-attention layers on the deepest map (0 = none), for a CNN "global" teacher.
+    global self-attention layers on the deepest map (0 = none), for a CNN "global" teacher;
+    `attention_residual`: they add to that map (`ResidualContext`) instead of replacing it.
     """
 
     def __init__(self, backbone: str, num_classes: int, output_stride: int = 16, pretrained: bool = False,
                  stride_fallback: str = "upsample", dropout: float = 0.1, head: str = "dense",
-                 channels: int = 256, attention: int = 0):
+                 channels: int = 256, attention: int = 0, attention_residual: bool = False):
         super().__init__()
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
@@ -125,6 +145,7 @@ class DeepLabV3Plus(nn.Module):
         self.backbone_name, self.output_stride, self.num_classes = backbone, output_stride, num_classes
         self.stride_fallback = stride_fallback
         self.head, self.channels, self.attention = head, int(channels), int(attention)
+        self.attention_residual = bool(attention_residual) and self.attention > 0
 
         self.backbone = create_features(spec, output_stride, pretrained)
         reductions = self.backbone.feature_info.reduction()
@@ -148,8 +169,11 @@ class DeepLabV3Plus(nn.Module):
         if self.attention:
             # A width divisible by 8 heads; the projection in is the only change to the backbone's map.
             width = max(64, -(-deep_ch // 64) * 64)
-            self.context = nn.Sequential(nn.Conv2d(deep_ch, width, 1), GlobalAttention(width, self.attention))
-            deep_ch = width
+            if self.attention_residual:
+                self.context = ResidualContext(deep_ch, width, self.attention)
+            else:
+                self.context = nn.Sequential(nn.Conv2d(deep_ch, width, 1), GlobalAttention(width, self.attention))
+                deep_ch = width
         self.aspp = ASPP(deep_ch, self.channels, tuple(r * scale for r in (6, 12, 18)), dropout, head)
         self.decoder = Decoder(channels[self.low_index], self.channels, 48, head)
         self.classifier = nn.Conv2d(self.channels, num_classes, 1)
@@ -162,7 +186,8 @@ class DeepLabV3Plus(nn.Module):
         """Everything `build_segmenter(**arch)` needs to rebuild this network (checkpoint `arch`)."""
         return {"backbone": self.backbone_name, "output_stride": self.output_stride,
                 "num_classes": self.num_classes, "stride_fallback": self.stride_fallback,
-                "head": self.head, "channels": self.channels, "attention": self.attention}
+                "head": self.head, "channels": self.channels, "attention": self.attention,
+                "attention_residual": self.attention_residual}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]
@@ -185,7 +210,7 @@ class DeepLabV3Plus(nn.Module):
 
 def build_segmenter(backbone: str, num_classes: int, output_stride: int = 16, pretrained: bool = False,
                     weights: str | Path | None = None, stride_fallback: str = "upsample", head: str = "dense",
-                    channels: int = 256, attention: int = 0) -> DeepLabV3Plus:
+                    channels: int = 256, attention: int = 0, attention_residual: bool = False) -> DeepLabV3Plus:
     """DeepLabV3+ over a timm backbone (or alias such as `swin_nano`).
 
     `weights=PATH` (a backbone state dict in timm naming or the efficientnet-lite-pytorch layout,
@@ -195,27 +220,37 @@ def build_segmenter(backbone: str, num_classes: int, output_stride: int = 16, pr
     if weights == PACKAGE_SOURCE:
         weights = package_weights_path(resolve(backbone).arch)
     model = DeepLabV3Plus(backbone, num_classes, output_stride, pretrained=bool(pretrained) and not weights,
-                          stride_fallback=stride_fallback, head=head, channels=channels, attention=attention)
+                          stride_fallback=stride_fallback, head=head, channels=channels, attention=attention,
+                          attention_residual=attention_residual)
     if weights:
         model.weights_report = load_backbone_weights(model.backbone, weights)
     return model
 
 
 def param_groups(model: nn.Module, lr: float | None = None, head_lr_mult: float = 1.0,
-                 weight_decay: float | None = None) -> list[dict]:
-    """Optimizer groups `backbone` (lr_mult 1) and `head` (ASPP, decoder, classifier; lr_mult
-    `head_lr_mult`). With `lr`, each group also gets `lr = lr * lr_mult`; schedulers should scale
-    from `lr_mult` too. Frozen parameters are left out. Accepts DDP / torch.compile wrappers."""
+                 weight_decay: float | None = None, attention_lr_mult: float | None = None) -> list[dict]:
+    """Optimizer groups `backbone` (lr_mult 1), `head` (ASPP, decoder, classifier, attention layers;
+    lr_mult `head_lr_mult`) and, given `attention_lr_mult` for a network with attention layers,
+    `attention` (those layers at that lr_mult). With `lr`, each group also gets `lr = lr * lr_mult`;
+    schedulers should scale from `lr_mult` too. Frozen parameters are left out. Accepts DDP /
+    torch.compile wrappers."""
     model = getattr(model, "module", model)
     model = getattr(model, "_orig_mod", model)
     backbone_ids = {id(p) for p in model.backbone.parameters()}
-    groups = {"backbone": [], "head": []}
+    context = getattr(model, "context", None)  # absent without attention layers
+    own = context is not None and attention_lr_mult is not None
+    context_ids = {id(p) for p in context.parameters()} if own else set()
+    groups = {"backbone": [], "head": [], "attention": []}
     for p in model.parameters():
         if p.requires_grad:
-            groups["backbone" if id(p) in backbone_ids else "head"].append(p)
+            groups["backbone" if id(p) in backbone_ids else "attention" if id(p) in context_ids else "head"].append(p)
+    mults = {"backbone": 1.0, "head": float(head_lr_mult),
+             "attention": float(head_lr_mult if attention_lr_mult is None else attention_lr_mult)}
     out = []
     for name, params in groups.items():
-        mult = 1.0 if name == "backbone" else float(head_lr_mult)
+        if not params and name == "attention":
+            continue
+        mult = mults[name]
         g = {"name": name, "params": params, "lr_mult": mult}
         if lr is not None:
             g["lr"] = lr * mult

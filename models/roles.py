@@ -54,4 +54,5 @@ def _build(spec: Mapping, num_classes: int) -> DeepLabV3Plus:
     return build_segmenter(spec["backbone"], num_classes, output_stride=int(spec.get("output_stride", 16)),
                            pretrained=bool(spec.get("pretrained", False)), weights=spec.get("weights"),
                            stride_fallback=spec.get("stride_fallback", "upsample"), head=spec.get("head", "dense"),
-                           channels=int(spec.get("channels", 256)), attention=int(spec.get("attention", 0)))
+                           channels=int(spec.get("channels", 256)), attention=int(spec.get("attention", 0)),
+                           attention_residual=bool(spec.get("attention_residual", False)))

@@ -113,7 +113,36 @@ def test_roles_and_teacher_ablations():
         role_spec(cfg, "teacher")
     student = build_role(cfg, "student", 6)
     assert student.arch == {"backbone": "resnet18", "output_stride": 16, "num_classes": 6, "stride_fallback": "upsample",
-                            "head": "dense", "channels": 256, "attention": 0}
+                            "head": "dense", "channels": 256, "attention": 0, "attention_residual": False}
+
+
+def test_residual_attention_starts_as_its_attention_free_twin():
+    """attention_residual: the attention layers add to the deepest map through a zero-initialised
+    projection, so at initialisation the network computes exactly what the same network without
+    attention computes (its pretrained deep features intact); the layers then learn (gradient flows)."""
+    torch.manual_seed(0)
+    att = build_segmenter("resnet18", 5, head="separable", attention=1, attention_residual=True).eval()
+    plain = build_segmenter("resnet18", 5, head="separable").eval()
+    plain.load_state_dict({k: v for k, v in att.state_dict().items() if not k.startswith("context.")})
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.allclose(att(x)["logits"], plain(x)["logits"], atol=1e-5)
+    att.train()
+    att(x)["logits"].sum().backward()
+    assert att.context.out.weight.grad.abs().sum() > 0
+    # a checkpoint's arch written before the option existed rebuilds the replacing variant
+    old = {k: v for k, v in att.arch.items() if k != "attention_residual"}
+    assert build_segmenter(**old).attention_residual is False
+
+
+def test_attention_layers_get_their_own_learning_rate_when_asked():
+    model = build_segmenter("resnet18", 5, attention=1)
+    groups = {g["name"]: g for g in param_groups(model, head_lr_mult=10.0)}
+    assert set(groups) == {"backbone", "head"}  # by default they are new layers like the head
+    groups = {g["name"]: g for g in param_groups(model, head_lr_mult=10.0, attention_lr_mult=1.0)}
+    assert groups["attention"]["lr_mult"] == 1.0 and groups["head"]["lr_mult"] == 10.0
+    assert {id(p) for p in groups["attention"]["params"]} == {id(p) for p in model.context.parameters()}
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
 
 
 def test_export_wrapper_labels_and_baked_preprocess():

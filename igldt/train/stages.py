@@ -24,9 +24,9 @@ def _split(out: Outputs, n: int) -> tuple[Outputs, Outputs]:
     return {k: v[:n] for k, v in out.items()}, {k: v[n:] for k, v in out.items()}
 
 
-def _groups(model: nn.Module, prefix: str, head_lr_mult: float) -> list[dict]:
+def _groups(model: nn.Module, prefix: str, head_lr_mult: float, attention_lr_mult: float | None = None) -> list[dict]:
     from igldt.models import param_groups
-    groups = param_groups(model, head_lr_mult=head_lr_mult)
+    groups = param_groups(model, head_lr_mult=head_lr_mult, attention_lr_mult=attention_lr_mult)
     return [{**g, "name": f"{prefix}/{g['name']}"} for g in groups if g["params"]]
 
 
@@ -119,8 +119,13 @@ class Stage:
 
     # -- optimisation ----------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
-        mult = float(self.cfg["train"]["head_lr_mult"])
-        return [g for k, m in self.modules().items() for g in _groups(m, k, mult)]
+        mult, att = self._lr_mults()
+        return [g for k, m in self.modules().items() for g in _groups(m, k, mult, att)]
+
+    def _lr_mults(self) -> tuple[float, float | None]:
+        tc = self.cfg["train"]
+        att = tc.get("attention_lr_mult")
+        return float(tc["head_lr_mult"]), None if att is None else float(att)
 
     def step(self, batch_l: dict, batch_u: dict | None, iteration: int) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
@@ -186,8 +191,8 @@ class TeachersStage(Stage):
         super().__init__(cfg, {"teachers": TeacherPair(global_teacher, local_teacher)})
 
     def param_groups(self) -> list[dict]:
-        pair, mult = self.modules()["teachers"], float(self.cfg["train"]["head_lr_mult"])
-        return _groups(pair.global_teacher, "global", mult) + _groups(pair.local_teacher, "local", mult)
+        pair, (mult, att) = self.modules()["teachers"], self._lr_mults()
+        return _groups(pair.global_teacher, "global", mult, att) + _groups(pair.local_teacher, "local", mult, att)
 
     def step(self, batch_l, batch_u, iteration):
         n = batch_l["image"].shape[0]
