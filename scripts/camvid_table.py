@@ -199,7 +199,8 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path)
         f"Every checkpoint stays in its run folder (`{out}/seed<S>/<step>/best.pt`; the teachers' file holds "
         "both teachers), so any row can be scored on other data, e.g. "
         f"`igldt evaluate --weights {out}/seed{seeds[0]}/student/best.pt --data ROOT --dataset camvid --split test`. "
-        "Why the student does not beat Sup-only here, with figures: [experiments.md](experiments.md).",
+        "What the table says and why the student is not further ahead, with figures: "
+        "[experiments.md](experiments.md).",
         "",
         "Per-class IoU (%), mean over the seeds, of each best.pt (from the validation that chose it, logged in "
         "its run's metrics.jsonl; `igldt evaluate` on the file gives the same figures):",
