@@ -1,9 +1,10 @@
 """One training loop for all three stages (supervised, teachers, student).
 
 `fit` is the loop: pairs of (labelled, unlabelled) batches -> `stage.step` -> backward (AMP,
-gradient accumulation, DDP) -> SGD step with poly decay -> logging, periodic validation, best and
-last checkpoints. `train` builds everything from a config (data, models, stage, devices) and
-calls `fit`; the CLI (`igldt train`) and the demo call `train`.
+gradient accumulation, DDP) -> SGD step with poly decay (`optimisation_step`) -> logging, periodic
+validation, best and last checkpoints (`Checkpointer`, checkpointing.py, which also holds `restore`).
+`train` builds everything from a config (data, models, stage, devices) and calls `fit`; the CLI
+(`igldt train`) and the demo call `train`.
 
 `last.pt` (kind "resume") is written at each validation, every `train.save_every` iterations,
 every `train.save_every_s` seconds, on Ctrl-C/SIGTERM and at the end, always atomically: a
@@ -30,12 +31,12 @@ import torch
 
 from igldt.io import write_text_atomic
 from igldt.train import distributed as D
+from igldt.train.checkpointing import Checkpointer, TrainState, remove_stale_temp_files, restore
 from igldt.train.logger import RunLogger, plot_metrics, read_metrics
-from igldt.train.optim import build_amp, build_optimizer, build_scheduler
+from igldt.train.optim import Amp, build_amp, build_optimizer, build_scheduler
 from igldt.train.stages import STAGES, Stage
-from igldt.train.stream import BatchStream, capture_rng, restore_rng, seed_everything
+from igldt.train.stream import BatchStream, seed_everything
 
-RESUME_FORMAT = "igldt/1"
 clock = time.monotonic  # what train.save_every_s measures (tests substitute a deterministic one)
 
 
@@ -131,11 +132,13 @@ def _truncate_log(path: Path, iteration: int) -> None:
         write_text_atomic(path, text)
 
 
-def _remove_stale_temp_files(out_dir: Path) -> None:
-    """A kill during a checkpoint write leaves the atomic writer's temp file (`.last.pt.*.tmp`): drop them."""
-    for name in ("last.pt", "best.pt"):
-        for tmp in out_dir.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+def _open_out_dir(out_dir: Path, iteration: int, resumed: bool) -> None:
+    """Rank 0, before the first step: the folder, its log cut back to `iteration`, and (resuming)
+    no temp file a killed checkpoint write left."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _truncate_log(out_dir / "metrics.jsonl", iteration)
+    if resumed:
+        remove_stale_temp_files(out_dir)
 
 
 def save_intervals(train) -> tuple[int, float]:
@@ -161,23 +164,26 @@ def total_iterations(train, batches_per_epoch: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
-def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistContext | None = None,
-        val: Callable[[torch.nn.Module], float] | None = None, meta: dict | None = None,
-        resume: dict | None = None) -> FitResult:
-    """Train `stage` on `loaders` = (labelled, unlabelled | None) and write checkpoints to `out_dir`.
+@dataclass
+class Training:
+    """What `fit` steps and checkpoints: the stage's models, the data, the optimiser and its schedule."""
+    stage: Stage
+    stream: BatchStream
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    amp: Amp
+    ctx: D.DistContext
+    total: int  # updates in the run
+    accum: int  # micro-batches per update
+    channels_last: bool
 
-    `val(model) -> mIoU` validates; it runs on every rank (`make_validator` shards the images and
-    sums the ranks' confusion matrices) and rank 0's score is the one used. `meta` ({"dataset_meta":
-    {classes, palette}, "config"}) goes into best.pt; `resume` is a loaded last.pt.
-    """
+
+def _set_up(stage: Stage, loaders: tuple, cfg, ctx: D.DistContext, resume: dict | None) -> tuple[Training, int]:
+    """Models on the device (a resumed run's weights loaded before DDP wraps them), the batch stream,
+    optimiser, schedule and AMP; also the updates per epoch."""
     tc = cfg["train"]
-    ctx = ctx or D.DistContext()
-    out_dir = Path(out_dir)
-    device = ctx.device
-    channels_last = bool(tc["channels_last"]) and device.type == "cuda"  # a CPU slowdown, a GPU speed-up
-
-    # -- models, data, optimiser ------------------------------------------------------------------
-    stage.to(device, channels_last)
+    channels_last = bool(tc["channels_last"]) and ctx.device.type == "cuda"  # a CPU slowdown, a GPU speed-up
+    stage.to(ctx.device, channels_last)
     if resume is not None:
         if resume.get("stage") != stage.name:
             raise ValueError(f"--resume: checkpoint is from the '{resume.get('stage')}' stage, not '{stage.name}'")
@@ -189,168 +195,123 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
         raise ValueError(f"the {stage.name} stage needs unlabelled images: set data.fraction/count or "
                          "data.unlabelled_list")
     total, per_epoch = total_iterations(tc, len(stream))
-    accum = int(tc["accum"])
     optimizer = build_optimizer(stage.param_groups(), tc)
     scheduler = build_scheduler(optimizer, total, float(tc["poly_power"]), int(tc.get("warmup_iters") or 0))
-    amp = build_amp(tc["amp"], device)
-    val_every = int(tc["val_every"]) or per_epoch
-    log_every = max(1, int(tc["log_every"]))
-    max_nonfinite = int(tc["max_nonfinite"])
-    save_every, save_every_s = save_intervals(tc)
+    amp = build_amp(tc["amp"], ctx.device)
+    return Training(stage, stream, optimizer, scheduler, amp, ctx, total, int(tc["accum"]), channels_last), per_epoch
 
-    it, best, skipped, consecutive, history = 0, None, 0, 0, []
-    window: dict[str, list[float]] = {}  # term -> [sum, updates]: glo/loc appear on alternate iterations
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        amp.scaler.load_state_dict(resume["scaler"])
-        it, best, skipped = int(resume["iteration"]), resume["best"], int(resume["skipped"])
-        history = list(resume.get("history", []))
-        ranks = resume["ranks"]
-        mine = ranks[ctx.rank] if len(ranks) == ctx.world else ranks[0]
-        if len(ranks) != ctx.world and ctx.is_main:
-            print(f"warning: resuming a {len(ranks)}-process run on {ctx.world}: data order continues, "
-                  "but not bit for bit")
-        consecutive = int(mine.get("consecutive", 0))
-        window = {k: list(v) for k, v in mine.get("window", {}).items()}  # the log's running means
-        stream.restore(mine["stream"])  # re-opens the data iterators where they were
-        restore_rng(mine["rng"])  # then the RNG exactly as at the checkpoint
+
+def optimisation_step(train: Training, state: TrainState, stop: _StopRequest,
+                      say: Callable[[str], None]) -> float | None:
+    """Update t = state.it + 1: `accum` micro-batches under autocast (DDP syncs the gradients on the
+    last one only), then the optimiser and schedule step. A non-finite loss on any rank skips the
+    update on every rank, counted in `state.skipped` and `state.consecutive`; a finite update adds
+    its loss terms to the log window. Returns the learning rate the update used, or None when a stop
+    request broke off the micro-batches (nothing stepped, `state.it` unchanged)."""
+    t, accum, amp, optimizer = state.it + 1, train.accum, train.amp, train.optimizer
+    optimizer.zero_grad(set_to_none=True)
+    finite, terms_step = True, {}
+    try:
+        for micro in range(accum):
+            batch_l, batch_u = train.stream.next()
+            batch_l = _to_device(batch_l, train.ctx.device, train.channels_last)
+            batch_u = _to_device(batch_u, train.ctx.device, train.channels_last)
+            with _no_sync(train.stage, micro < accum - 1):
+                with amp.autocast():
+                    loss, terms = train.stage.step(batch_l, batch_u, t)
+                ok = D.all_true(bool(torch.isfinite(loss)), train.ctx)
+                finite &= ok
+                # A non-finite loss still runs a backward (its gradients are thrown away) so
+                # DDP's gradient all-reduce stays in step on every rank; the update is skipped.
+                (amp.scaler.scale(loss / accum) if ok else loss * 0.0).backward()
+            for k, v in terms.items():
+                terms_step[k] = terms_step.get(k, 0.0) + float(v) / accum
+    except Exception:
+        if stop.requested:  # e.g. DataLoader workers killed by the same Ctrl-C
+            return None
+        raise
+    if finite:
+        amp.scaler.step(optimizer)
+        amp.scaler.update()
+        state.consecutive = 0
+        for k, v in terms_step.items():
+            acc = state.window.setdefault(k, [0.0, 0])
+            acc[0] += v
+            acc[1] += 1
     else:
+        optimizer.zero_grad(set_to_none=True)
+        state.skipped += 1
+        state.consecutive += 1
+        say(f"iteration {t}: non-finite loss, update skipped ({state.consecutive} in a row, {state.skipped} in all)")
+    lr = optimizer.param_groups[0]["lr"]  # the rate this update used
+    with warnings.catch_warnings():  # a skipped first update makes torch warn about the order
+        warnings.simplefilter("ignore", UserWarning)
+        train.scheduler.step()
+    state.it = t
+    train.stream.commit()
+    return lr
+
+
+def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistContext | None = None,
+        val: Callable[[torch.nn.Module], float] | None = None, meta: dict | None = None,
+        resume: dict | None = None) -> FitResult:
+    """Train `stage` on `loaders` = (labelled, unlabelled | None) and write checkpoints to `out_dir`.
+
+    `val(model) -> mIoU` validates; it runs on every rank (`make_validator` shards the images and
+    sums the ranks' confusion matrices) and rank 0's score is the one used. `meta` ({"dataset_meta":
+    {classes, palette}, "config"}) goes into best.pt; `resume` is a loaded last.pt.
+    """
+    tc, ctx, out_dir = cfg["train"], ctx or D.DistContext(), Path(out_dir)
+    train, per_epoch = _set_up(stage, loaders, cfg, ctx, resume)
+    total, val_every, log_every = train.total, int(tc["val_every"]) or per_epoch, max(1, int(tc["log_every"]))
+    max_nonfinite, (save_every, save_every_s) = int(tc["max_nonfinite"]), save_intervals(tc)
+    if resume is None:
         seed_everything(int(tc["seed"]) + ctx.rank)
-
+        state = TrainState()
+    else:
+        state = restore(train, resume)
     if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_log(out_dir / "metrics.jsonl", it)
-        if resume is not None:
-            _remove_stale_temp_files(out_dir)
-    log = RunLogger(out_dir, total, start=it, enabled=ctx.is_main, desc=stage.name)
+        _open_out_dir(out_dir, state.it, resumed=resume is not None)
+    log = RunLogger(out_dir, total, start=state.it, enabled=ctx.is_main, desc=stage.name)
     say = log.message if ctx.is_main else (lambda s: None)
-    result = FitResult(out_dir, stage.name, it, total, best_score=best, skipped=skipped, history=history)
+    ckpt = Checkpointer(out_dir, train, state, cfg, meta, every=save_every, every_s=save_every_s, clock=clock)
 
-    # -- checkpoints -------------------------------------------------------------------------------
-    saved = {"iteration": None, "time": clock()}  # the last last.pt written
-
-    def save_last() -> None:
-        if saved["iteration"] == it:  # e.g. the end of a run that has just validated: already on disk
-            return
-        # Everything a resume needs, per rank: RNG states, data positions, the log's running window
-        # and the non-finite streak; plus (below) models, optimiser (momentum), schedule, AMP scaler,
-        # iteration (which also fixes the student's swap parity), best score and history.
-        mine = {"rng": capture_rng(), "stream": stream.state(), "consecutive": consecutive,
-                "window": {k: list(v) for k, v in window.items()}}
-        ranks = D.gather_object(mine, ctx)
-        if ctx.is_main:
-            from igldt.checkpoint import save_checkpoint
-            save_checkpoint(out_dir / "last.pt", {
-                "format": RESUME_FORMAT, "kind": "resume", "stage": stage.name, "iteration": it, "total": total,
-                "models": stage.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": amp.scaler.state_dict(), "ranks": ranks,
-                "best": best, "skipped": skipped, "history": history, "config": dict(cfg),
-                "teachers": getattr(stage, "teachers_path", None)})
-            result.last = out_dir / "last.pt"
-        D.barrier(ctx)
-        saved.update(iteration=it, time=clock())
-
-    def save_due() -> bool:
-        """A periodic last.pt now? By iteration count, or by time on any rank (all ranks agree)."""
-        if save_every and it % save_every == 0:
-            return True
-        return bool(save_every_s) and D.any_true(clock() - saved["time"] >= save_every_s, ctx)
-
-    def save_best(score: float | None) -> None:
-        if ctx.is_main and meta is not None:
-            from igldt.checkpoint import save_checkpoint
-            save_checkpoint(out_dir / "best.pt", stage.export_payload({**meta, "miou": score, "iteration": it}))
-            result.best = out_dir / "best.pt"
-        D.barrier(ctx)
-
-    def validate() -> None:
-        nonlocal best
-        scores = D.broadcast_object(stage.validate(val), ctx)  # every rank validates (its shard)
-        history.append({"iteration": it, **scores})
-        log.val(it, scores)
-        if best is None or scores["score"] > best:
-            best = scores["score"]
-            save_best(best)
-
-    # -- steps -------------------------------------------------------------------------------------
     stage.train()
     with _StopRequest(say) as stop:
         try:
-            while it < total:
+            while state.it < total:
                 if not D.all_true(not stop.requested, ctx):  # every rank stops at the same step
-                    result.interrupted = True
                     break
-                t = it + 1
-                optimizer.zero_grad(set_to_none=True)
-                finite, terms_step = True, {}
-                try:
-                    for micro in range(accum):
-                        batch_l, batch_u = stream.next()
-                        batch_l = _to_device(batch_l, device, channels_last)
-                        batch_u = _to_device(batch_u, device, channels_last)
-                        with _no_sync(stage, micro < accum - 1):
-                            with amp.autocast():
-                                loss, terms = stage.step(batch_l, batch_u, t)
-                            ok = D.all_true(bool(torch.isfinite(loss)), ctx)
-                            finite &= ok
-                            # A non-finite loss still runs a backward (its gradients are thrown away) so
-                            # DDP's gradient all-reduce stays in step on every rank; the update is skipped.
-                            (amp.scaler.scale(loss / accum) if ok else loss * 0.0).backward()
-                        for k, v in terms.items():
-                            terms_step[k] = terms_step.get(k, 0.0) + float(v) / accum
-                except Exception:
-                    if stop.requested:  # e.g. DataLoader workers killed by the same Ctrl-C
-                        result.interrupted = True
-                        break
-                    raise
-                if finite:
-                    amp.scaler.step(optimizer)
-                    amp.scaler.update()
-                    consecutive = 0
-                    for k, v in terms_step.items():
-                        acc = window.setdefault(k, [0.0, 0])
-                        acc[0] += v
-                        acc[1] += 1
-                else:
-                    optimizer.zero_grad(set_to_none=True)
-                    skipped += 1
-                    consecutive += 1
-                    say(f"iteration {t}: non-finite loss, update skipped ({consecutive} in a row, {skipped} in all)")
-                lr = optimizer.param_groups[0]["lr"]  # the rate this update used
-                with warnings.catch_warnings():  # a skipped first update makes torch warn about the order
-                    warnings.simplefilter("ignore", UserWarning)
-                    scheduler.step()
-                it = result.iteration = t
-                stream.commit()
+                lr = optimisation_step(train, state, stop, say)
+                if lr is None:
+                    break
+                it = state.it
                 log.advance()
-                if consecutive >= max_nonfinite:
-                    save_last()
+                if state.consecutive >= max_nonfinite:
+                    ckpt.save_last()
                     raise NonFiniteLossError(
-                        f"{consecutive} non-finite losses in a row (train.max_nonfinite={max_nonfinite}) at "
+                        f"{state.consecutive} non-finite losses in a row (train.max_nonfinite={max_nonfinite}) at "
                         f"iteration {it}: lower train.lr, try train.amp=off, or check the data; weights before "
                         f"the first bad step are in {out_dir / 'last.pt'}")
                 if it % log_every == 0 or it == total:
-                    means = D.all_reduce_mean({k: a / n for k, (a, n) in window.items()}, ctx)
-                    log.train(it, stream.epoch, lr, means, skipped)
-                    window = {}
+                    means = D.all_reduce_mean({k: a / n for k, (a, n) in state.window.items()}, ctx)
+                    log.train(it, train.stream.epoch, lr, means, state.skipped)
+                    state.window = {}
                 if val is not None and (it % val_every == 0 or it == total):
-                    validate()
-                    save_last()
-                elif it < total and save_due():  # independent of validation: a kill loses little
-                    save_last()
+                    ckpt.validate(val, log)
+                    ckpt.save_last()
+                elif it < total and ckpt.due():  # independent of validation: a kill loses little
+                    ckpt.save_last()
         finally:
             log.close()
-    if result.interrupted:
-        save_last()
-    else:
-        if val is None:  # nothing to choose by: the final weights are the export-ready ones
-            save_best(None)
-        save_last()
-    result.best_score, result.skipped, result.history = best, skipped, history
+    interrupted = state.it < total  # the loop breaks off early only on a stop request
+    if not interrupted and val is None:  # nothing to choose by: the final weights are the export-ready ones
+        ckpt.save_best(None)
+    ckpt.save_last()
     if ctx.is_main:
         plot_metrics(out_dir / "metrics.jsonl", out_dir / "metrics.png")
-    return result
+    return FitResult(out_dir, stage.name, state.it, total, interrupted=interrupted, best_score=state.best,
+                     skipped=state.skipped, last=ckpt.last, best=ckpt.best, history=state.history)
 
 
 # ---------------------------------------------------------------------------------------------
