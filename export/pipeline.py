@@ -1,5 +1,12 @@
 """`igldt export` end to end: checkpoint -> ONNX (fp32/fp16/int8 Q/DQ) or TensorRT plan, plus sidecar.
 
+`ExportSpec.from_args` turns the CLI arguments into one validated, frozen description of the export
+(every refusal a one-line `ExportError` naming the argument, given before any slow work). `export`
+then runs the steps every format shares (load the model, build the metadata, export the graph,
+write the sidecar, check against PyTorch, move into place) and hands the one step that differs to
+the format's writer (`_write_onnx`, `_write_trt`). `run_export` is the keyword entry the CLI, the
+demo and the benchmarks call: it builds the spec and exports.
+
 Every file is written under a temporary name in the destination folder and moved into place with
 `os.replace` only after the whole export (and its check) succeeded: a failed export leaves nothing
 half-written, and an existing artefact is only replaced with `force=True`.
@@ -11,13 +18,12 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from igldt.constants import IMAGENET_MEAN, IMAGENET_STD
 
-from .onnx import ExportError, check_imgsz
+from .onnx import OPSET, ExportError, check_imgsz
 
-FORMATS = ("onnx", "trt")
 PRECISIONS = ("fp32", "fp16", "int8")
 OUTPUTS = ("logits", "labels")
 
@@ -29,12 +35,6 @@ class ExportResult:
     meta: dict
     check: dict | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def default_out(weights: Path, fmt: str, precision: str) -> Path:
-    suffix = ".onnx" if fmt == "onnx" else ".plan"
-    tag = "" if precision == "fp32" else f"_{precision}"
-    return weights.with_name(f"{weights.stem}{tag}{suffix}")
 
 
 class Staged:
@@ -59,143 +59,267 @@ class Staged:
             tmp.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class ExportSpec:
+    """What to export and how: the CLI arguments, validated and with their defaults resolved."""
+    weights: Path
+    fmt: str                     # onnx | trt
+    precision: str               # fp32 | fp16 | int8
+    out: Path                    # the artefact; its sidecar is `sidecar`
+    imgsz: tuple[int, int] | None  # None: the training crop (checked against the stride once it is known)
+    dynamic: bool
+    output: str                  # logits | labels
+    bake_preprocess: bool
+    force: bool
+    calib: str | Path | None     # INT8 calibration folder; also a source of check images
+    calib_count: int
+    calib_method: str
+    int8_target: str             # ort | tensorrt: the engine the INT8 graph is shaped for
+    check_count: int             # images for the check against PyTorch; 0 skips it
+    max_batch: int               # TensorRT: largest batch of the profile
+    workspace_gib: float         # TensorRT
+    timing_cache: str | Path | None  # TensorRT; None: `.igldt-timing.cache` beside the artefact
+    opset: int
+    demo_root: str | Path | None  # demo data to take check images from when nothing else is reachable
+
+    @property
+    def sidecar(self) -> Path:
+        from igldt.runtime.metadata import sidecar_path
+        return sidecar_path(self.out)
+
+    @classmethod
+    def from_args(cls, weights: str | Path, fmt: str = "onnx", precision: str = "fp32", *,
+                  calib: str | Path | None = None, imgsz: tuple[int, int] | None = None, dynamic: bool = True,
+                  output: str = "logits", bake_preprocess: bool = False, force: bool = False,
+                  out: str | Path | None = None, calib_count: int = 64, calib_method: str = "minmax",
+                  int8_target: str | None = None, check_count: int = 8, max_batch: int = 8,
+                  workspace_gib: float = 4.0, timing_cache: str | Path | None = None, opset: int | None = None,
+                  demo_root: str | Path | None = None) -> ExportSpec:
+        """Validate the arguments (one-line `ExportError`s naming the argument) and resolve the defaults."""
+        weights = Path(weights)
+        if fmt not in FORMATS:
+            raise ExportError(f"--format {fmt}: choose onnx or trt")
+        if precision not in PRECISIONS:
+            raise ExportError(f"--precision {precision}: choose fp32, fp16 or int8")
+        if output not in OUTPUTS:
+            raise ExportError(f"--output {output}: choose logits or labels")
+        if fmt == "trt":  # say so before minutes of export work, in one line
+            from .tensorrt import tensorrt_status
+            ok, reason = tensorrt_status()
+            if not ok:
+                raise ExportError(f"--format trt: cannot build a TensorRT engine here: {reason}; "
+                                  f"export --format onnx here and build the engine on the GPU box")
+        if not weights.is_file():
+            raise ExportError(f"--weights {weights}: file not found; train a student first (igldt train --stage student)")
+        spec = cls(weights=weights, fmt=fmt, precision=precision,
+                   out=Path(out) if out else default_out(weights, fmt, precision),
+                   imgsz=tuple(imgsz) if imgsz else None, dynamic=dynamic, output=output,
+                   bake_preprocess=bake_preprocess, force=force, calib=calib, calib_count=calib_count,
+                   calib_method=calib_method, int8_target=int8_target or FORMATS[fmt].int8_target,
+                   check_count=check_count, max_batch=max_batch, workspace_gib=workspace_gib,
+                   timing_cache=timing_cache, opset=opset or OPSET, demo_root=demo_root)
+        for p in (spec.out, spec.sidecar):
+            if p.exists() and not force:
+                raise ExportError(f"{p} exists; pass --force to overwrite it or --out another path")
+        if spec.out.is_dir():
+            raise ExportError(f"--out {spec.out} is a folder; give a file path such as {spec.out / 'student.onnx'}")
+        return spec
+
+
+def default_out(weights: Path, fmt: str, precision: str) -> Path:
+    tag = "" if precision == "fp32" else f"_{precision}"
+    return weights.with_name(f"{weights.stem}{tag}{FORMATS[fmt].suffix}")
+
+
 def _default_imgsz(meta: dict, stride: int) -> tuple[int, int]:
     crop = ((meta.get("config") or {}).get("data") or {}).get("crop")
     h, w = (crop if crop and len(crop) == 2 else (512, 512))
     return -(-int(h) // stride) * stride, -(-int(w) // stride) * stride
 
 
-def run_export(weights: str | Path, fmt: str = "onnx", precision: str = "fp32", *, calib: str | Path | None = None,
-               imgsz: tuple[int, int] | None = None, dynamic: bool = True, output: str = "logits",
-               bake_preprocess: bool = False, force: bool = False, out: str | Path | None = None,
-               calib_count: int = 64, calib_method: str = "minmax", int8_target: str | None = None,
-               check_count: int = 8, max_batch: int = 8,
-               workspace_gib: float = 4.0, timing_cache: str | Path | None = None, opset: int | None = None,
-               demo_root: str | Path | None = None, echo: Callable[[str], None] = print) -> ExportResult:
-    weights = Path(weights)
-    if fmt not in FORMATS:
-        raise ExportError(f"--format {fmt}: choose onnx or trt")
-    if precision not in PRECISIONS:
-        raise ExportError(f"--precision {precision}: choose fp32, fp16 or int8")
-    if output not in OUTPUTS:
-        raise ExportError(f"--output {output}: choose logits or labels")
-    if fmt == "trt":  # say so before minutes of export work, in one line
-        from .tensorrt import tensorrt_status
-        ok, reason = tensorrt_status()
-        if not ok:
-            raise ExportError(f"--format trt: cannot build a TensorRT engine here: {reason}; "
-                              f"export --format onnx here and build the engine on the GPU box")
-    if not weights.is_file():
-        raise ExportError(f"--weights {weights}: file not found; train a student first (igldt train --stage student)")
-    out_path = Path(out) if out else default_out(weights, fmt, precision)
-    from igldt.runtime.metadata import sidecar_path
-    side = sidecar_path(out_path)
-    for p in (out_path, side):
-        if p.exists() and not force:
-            raise ExportError(f"{p} exists; pass --force to overwrite it or --out another path")
-    if out_path.exists() and out_path.is_dir():
-        raise ExportError(f"--out {out_path} is a folder; give a file path such as {out_path / 'student.onnx'}")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+@dataclass
+class _Job:
+    """One export under way: what the shared steps hand the format's writer and the check."""
+    spec: ExportSpec
+    model: Any                   # the PyTorch student, the reference of the check
+    ckpt: dict
+    echo: Callable[[str], None]
+    imgsz: tuple[int, int]
+    size_range: tuple            # ((min H, W), (max H, W) or None): the input sizes the artefact takes
+    batch_range: tuple           # (1, max batch or None)
+    meta: dict                   # the deployment record, filled in as the steps go
+    proto: Any                   # the fp32 ONNX graph
+    calib_set: tuple | None      # (loaders, names, description) for INT8
+    notes: list[str] = field(default_factory=list)
 
-    import onnx
 
+# ---- what differs between the formats ----
+
+def _onnx_profile(spec: ExportSpec, imgsz: tuple[int, int], stride: int):
+    """Dynamic ONNX: any multiple of the stride, any batch (no upper bound recorded)."""
+    return ((stride, stride), None), (1, None)
+
+
+def _trt_profile(spec: ExportSpec, imgsz: tuple[int, int], stride: int):
+    """Dynamic TensorRT: the engine's optimisation profile, imgsz/2 .. 2*imgsz and batch 1 .. --batch."""
+    lo = (max(stride, imgsz[0] // 2 // stride * stride), max(stride, imgsz[1] // 2 // stride * stride))
+    return (lo, (imgsz[0] * 2, imgsz[1] * 2)), (1, spec.max_batch)
+
+
+def _write_onnx(job: _Job, staged: Staged, work: Path) -> Path:
+    """--format onnx: the graph is the artefact. Returns its temp path."""
+    onnx_tmp = staged.temp_for(job.spec.out)
+    _write_graph(job, onnx_tmp, work)
+    return onnx_tmp
+
+
+def _write_trt(job: _Job, staged: Staged, work: Path) -> Path:
+    """--format trt: the graph stays in the scratch folder; the engine built from it is the artefact."""
+    from . import metadata as md
+    from .tensorrt import build_engine
+
+    spec, meta = job.spec, job.meta
+    onnx_tmp = work / f"{spec.out.stem}.onnx"
+    _write_graph(job, onnx_tmp, work)
+    plan_tmp = staged.temp_for(spec.out)
+    n_max = job.batch_range[1] or 1
+    meta["tensorrt"] = build_engine(onnx_tmp, plan_tmp, input_name=meta["input"]["name"],
+                                    layout=meta["input"]["layout"], min_shape=(1, *job.size_range[0]),
+                                    opt_shape=(1, *job.imgsz), max_shape=(n_max, *job.size_range[1]),
+                                    workspace_gib=spec.workspace_gib,
+                                    timing_cache=spec.timing_cache or spec.out.with_name(".igldt-timing.cache"))
+    meta["onnx_sha256"] = md.file_sha256(onnx_tmp)
+    return plan_tmp
+
+
+@dataclass(frozen=True)
+class _Format:
+    """One `--format`: its facts and its two functions (a static export is imgsz only, batch 1, in both)."""
+    suffix: str                  # of the default output file
+    artefact: str                # the sidecar's `artefact`
+    int8_target: str             # default --int8-target
+    check_device: str            # where the check runs the artefact
+    dynamic_profile: Callable    # (spec, imgsz, stride) -> (size_range, batch_range) of a dynamic export
+    write: Callable              # (job, staged, work) -> temp path of the artefact
+
+
+# the engine that will run the graph decides the INT8 form (export/quantize.py)
+FORMATS = {"onnx": _Format(".onnx", "onnx", "ort", "cpu", _onnx_profile, _write_onnx),
+           "trt": _Format(".plan", "tensorrt", "tensorrt", "auto", _trt_profile, _write_trt)}
+
+
+# ---- the steps every format shares ----
+
+def _prepare(spec: ExportSpec, echo: Callable[[str], None]) -> _Job:
+    """Load the student, build the metadata, find calibration images and export the fp32 graph."""
     from igldt.checkpoint import load_model
     from igldt.models import SegmentationExportWrapper
 
     from . import metadata as md
-    from .onnx import OPSET, compare_with_torch, export_onnx, save_model, to_fp16
+    from .onnx import export_onnx
 
-    model, ckpt = load_model(weights, device="cpu")
+    fmt = FORMATS[spec.fmt]
+    model, ckpt = load_model(spec.weights, device="cpu")
     stride = int(getattr(model, "stride", None) or ckpt.get("stride") or 32)
-    imgsz = check_imgsz(imgsz, stride) if imgsz else _default_imgsz(ckpt, stride)
+    imgsz = check_imgsz(spec.imgsz, stride) if spec.imgsz else _default_imgsz(ckpt, stride)
     mean, std = ckpt.get("mean") or list(IMAGENET_MEAN), ckpt.get("std") or list(IMAGENET_STD)
-    wrapper = SegmentationExportWrapper(model, output=output, bake_preprocess=bake_preprocess, mean=mean, std=std)
-    notes: list[str] = []
-
-    if dynamic:
-        size_range = ((stride, stride), None)
-        batch_range = (1, None)
-    else:
-        size_range = (imgsz, imgsz)
-        batch_range = (1, 1)
-    if fmt == "trt":
-        lo = (max(stride, imgsz[0] // 2 // stride * stride), max(stride, imgsz[1] // 2 // stride * stride))
-        hi = (imgsz[0] * 2, imgsz[1] * 2)
-        size_range = (lo, hi) if dynamic else (imgsz, imgsz)
-        batch_range = (1, max_batch if dynamic else 1)
-    meta = md.build_metadata(ckpt, weights, fmt="onnx" if fmt == "onnx" else "tensorrt", precision=precision,
-                             output=output, bake_preprocess=bake_preprocess, stride=stride, dynamic=dynamic,
+    wrapper = SegmentationExportWrapper(model, output=spec.output, bake_preprocess=spec.bake_preprocess,
+                                        mean=mean, std=std)
+    size_range, batch_range = (fmt.dynamic_profile(spec, imgsz, stride) if spec.dynamic
+                               else ((imgsz, imgsz), (1, 1)))
+    meta = md.build_metadata(ckpt, spec.weights, fmt=fmt.artefact, precision=spec.precision, output=spec.output,
+                             bake_preprocess=spec.bake_preprocess, stride=stride, dynamic=spec.dynamic,
                              imgsz=imgsz, size_range=size_range, batch_range=batch_range)
-    meta["opset"] = opset or OPSET
+    meta["opset"] = spec.opset
     meta["exporter"] = "torch.onnx.export(dynamo=True)"
 
-    echo(f"Exporting {weights} ({ckpt.get('arch', {}).get('backbone')}, {len(meta['classes'])} classes) -> {out_path} "
-         f"[{fmt} {precision}, output {output}{', baked preprocessing' if bake_preprocess else ''}, "
-         f"{'dynamic' if dynamic else 'static'} {imgsz[0]}x{imgsz[1]}]")
+    echo(f"Exporting {spec.weights} ({ckpt.get('arch', {}).get('backbone')}, {len(meta['classes'])} classes) -> "
+         f"{spec.out} [{spec.fmt} {spec.precision}, output {spec.output}"
+         f"{', baked preprocessing' if spec.bake_preprocess else ''}, "
+         f"{'dynamic' if spec.dynamic else 'static'} {imgsz[0]}x{imgsz[1]}]")
     calib_set = None
-    if precision == "int8":  # find calibration images before minutes of export work
+    if spec.precision == "int8":  # find calibration images before minutes of export work
         from .images import calibration_images
-        calib_set = calibration_images(ckpt, calib, calib_count)
-    proto = export_onnx(wrapper, imgsz=imgsz, stride=stride, dynamic=dynamic, bake_preprocess=bake_preprocess,
-                        opset=meta["opset"], batch=1)
+        calib_set = calibration_images(ckpt, spec.calib, spec.calib_count)
+    proto = export_onnx(wrapper, imgsz=imgsz, stride=stride, dynamic=spec.dynamic,
+                        bake_preprocess=spec.bake_preprocess, opset=spec.opset, batch=1)
+    return _Job(spec, model, ckpt, echo, imgsz, size_range, batch_range, meta, proto, calib_set)
 
-    staged = Staged()
-    tmpdir = tempfile.TemporaryDirectory(prefix=".igldt-export-", dir=out_path.parent)
+
+def _write_graph(job: _Job, dest: Path, work: Path) -> None:
+    """The graph at the export precision, with the metadata embedded, saved to `dest`."""
+    import onnx
+
+    from . import metadata as md
+    from .onnx import save_model, to_fp16
+
+    spec, meta, proto = job.spec, job.meta, job.proto
+    if spec.precision == "fp16":
+        proto = to_fp16(proto)
+    if spec.precision == "int8":
+        from .quantize import quantize_int8
+        loaders, _, desc = job.calib_set
+        job.echo(f"Calibrating INT8 on {desc} ({spec.calib_method})")
+        fp32 = work / "fp32.onnx"
+        save_model(proto, fp32)
+        meta_q = dict(meta, input=dict(meta["input"]))
+        report = quantize_int8(fp32, dest, loaders, meta_q, spec.calib_method, spec.int8_target)
+        meta["calibration"] = {"source": desc, **report}
+        proto = onnx.load(str(dest))
+    md.embed_in_onnx(proto, meta)
+    save_model(proto, dest)
+
+
+def _check(job: _Job, artefact_tmp: Path, side_tmp: Path) -> dict | None:
+    """The artefact (through the deployment Predictor) vs PyTorch on real images, recorded in the sidecar."""
+    from . import metadata as md
+    from .images import check_images
+    from .onnx import compare_with_torch
+
+    spec = job.spec
+    if spec.check_count <= 0:
+        return None
     try:
-        work = Path(tmpdir.name)
-        onnx_final = out_path if fmt == "onnx" else work / f"{out_path.stem}.onnx"
-        onnx_tmp = staged.temp_for(onnx_final) if fmt == "onnx" else onnx_final
-        if precision == "fp16":
-            proto = to_fp16(proto)
-        if precision == "int8":
-            from .quantize import quantize_int8
-            loaders, _, desc = calib_set
-            echo(f"Calibrating INT8 on {desc} ({calib_method})")
-            fp32 = work / "fp32.onnx"
-            save_model(proto, fp32)
-            meta_q = dict(meta, input=dict(meta["input"]))
-            # the engine that will run the graph decides its form (export/quantize.py)
-            target = int8_target or ("tensorrt" if fmt == "trt" else "ort")
-            report = quantize_int8(fp32, onnx_tmp, loaders, meta_q, calib_method, target)
-            meta["calibration"] = {"source": desc, **report}
-            proto = onnx.load(str(onnx_tmp))
-        md.embed_in_onnx(proto, meta)
-        save_model(proto, onnx_tmp)
+        imgs, names, desc = check_images(job.ckpt, spec.calib, spec.check_count, spec.demo_root)
+        images = [f() for f in imgs]
+    except Exception as e:  # the artefact is fine; only the check data is not reachable
+        job.notes.append(f"check against PyTorch skipped: no images ({str(e).splitlines()[0][:200]})")
+        return None
+    if not images:
+        return None
+    check = compare_with_torch(job.model, artefact_tmp, images, names, device=FORMATS[spec.fmt].check_device)
+    check["source"] = desc
+    job.meta["check"] = check
+    md.write_json_atomic(side_tmp, job.meta)
+    return check
 
-        check = None
-        artefact_tmp = onnx_tmp
-        if fmt == "trt":
-            from .tensorrt import build_engine
-            artefact_tmp = staged.temp_for(out_path)
-            n_max = batch_range[1] or 1
-            info = build_engine(onnx_tmp, artefact_tmp, input_name=meta["input"]["name"],
-                                layout=meta["input"]["layout"], min_shape=(1, *size_range[0]),
-                                opt_shape=(1, *imgsz), max_shape=(n_max, *size_range[1]),
-                                workspace_gib=workspace_gib,
-                                timing_cache=timing_cache or out_path.with_name(".igldt-timing.cache"))
-            meta["tensorrt"] = info
-            meta["onnx_sha256"] = md.file_sha256(onnx_tmp)
+
+def export(spec: ExportSpec, echo: Callable[[str], None] = print) -> ExportResult:
+    """Run the export `spec` describes; nothing is left in place unless every step succeeded."""
+    from . import metadata as md
+
+    spec.out.parent.mkdir(parents=True, exist_ok=True)
+    job = _prepare(spec, echo)
+    staged = Staged()
+    tmpdir = tempfile.TemporaryDirectory(prefix=".igldt-export-", dir=spec.out.parent)
+    try:
+        artefact_tmp = FORMATS[spec.fmt].write(job, staged, Path(tmpdir.name))
         # the sidecar of the temp artefact is its temp name + .json: the check below reads it like a user would
         side_tmp = md.sidecar_path(artefact_tmp)
-        staged.moves.append((side_tmp, side))
-        md.write_json_atomic(side_tmp, meta)
-
-        if check_count > 0:
-            from .images import check_images
-            try:
-                imgs, names, desc = check_images(ckpt, calib, check_count, demo_root)
-                images = [f() for f in imgs]
-            except Exception as e:  # the artefact is fine; only the check data is not reachable
-                images, desc = [], ""
-                notes.append(f"check against PyTorch skipped: no images ({str(e).splitlines()[0][:200]})")
-            if images:
-                check = compare_with_torch(model, artefact_tmp, images, names,
-                                           device="cpu" if fmt == "onnx" else "auto")
-                check["source"] = desc
-                meta["check"] = check
-                md.write_json_atomic(side_tmp, meta)
+        staged.moves.append((side_tmp, spec.sidecar))
+        md.write_json_atomic(side_tmp, job.meta)
+        check = _check(job, artefact_tmp, side_tmp)
         staged.commit()
     finally:
         staged.cleanup()
         tmpdir.cleanup()
-    return ExportResult(out_path, side, meta, check, notes)
+    return ExportResult(spec.out, spec.sidecar, job.meta, check, job.notes)
+
+
+def run_export(weights: str | Path, fmt: str = "onnx", precision: str = "fp32", *,
+               echo: Callable[[str], None] = print, **options) -> ExportResult:
+    """The entry of the CLI, the demo and the benchmarks: `ExportSpec.from_args(weights, fmt, precision,
+    **options)` (its keywords: calib, imgsz, dynamic, output, bake_preprocess, force, out, calib_count,
+    calib_method, int8_target, check_count, max_batch, workspace_gib, timing_cache, opset, demo_root),
+    then `export`."""
+    return export(ExportSpec.from_args(weights, fmt, precision, **options), echo=echo)
