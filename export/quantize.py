@@ -33,10 +33,11 @@ TARGETS = {
 }
 
 
-def _reader(images: Sequence[Callable[[], np.ndarray]], input_name: str, mean, std, stride: int, baked: bool):
+def _reader(images: Sequence[Callable[[], np.ndarray]], input_name: str, mean, std, stride: int, baked: bool,
+            fixed_hw: tuple[int, int] | None = None):
     from onnxruntime.quantization import CalibrationDataReader
 
-    from igldt.runtime.preprocess import bgr_batch, normalize_batch, padded_size
+    from igldt.runtime.preprocess import bgr_batch, normalize_batch, padded_size, resize_image
 
     class ImageCalibrationReader(CalibrationDataReader):
         """Feeds real images one at a time, preprocessed exactly as the runtime does."""
@@ -49,6 +50,8 @@ def _reader(images: Sequence[Callable[[], np.ndarray]], input_name: str, mean, s
                 return None
             img = images[self.i]()
             self.i += 1
+            if fixed_hw:  # a static graph takes one size: the runtime resizes every frame to it, so do we
+                img = resize_image(img, fixed_hw)
             size = padded_size(img.shape[0], img.shape[1], stride)
             x = bgr_batch([img], mean, size) if baked else normalize_batch([img], mean, std, size)
             return {input_name: x}
@@ -77,7 +80,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: Sequence[
     cal = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
            "entropy": CalibrationMethod.Entropy}[method]
     baked = meta["input"]["layout"] == "NHWC"
-    reader = _reader(images, meta["input"]["name"], meta["mean"], meta["std"], meta["stride"], baked)
+    fixed_hw = None if meta["input"].get("dynamic", True) else tuple(meta["input"]["imgsz"])
+    reader = _reader(images, meta["input"]["name"], meta["mean"], meta["std"], meta["stride"], baked, fixed_hw)
     # Absolute before the chdir below: a relative path would then be read from the scratch folder.
     src, dst = Path(fp32_path).resolve(), Path(out_path).resolve()
     with tempfile.TemporaryDirectory(prefix="igldt-int8-", dir=dst.parent) as tmp:

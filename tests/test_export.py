@@ -250,6 +250,20 @@ def test_int8_cli_reads_a_relative_calib_folder(trained, tmp_path, monkeypatch):
     assert str(work / "images") in read_sidecar(out)["calibration"]["source"]
 
 
+def test_static_int8_calibrates_at_its_own_size(trained, tmp_path):
+    """A static graph exported at a smaller --imgsz than the training images (the edge path: frames
+    resized to the engine's size) calibrates on images resized to that size, as the runtime feeds it
+    (the calibration used to feed them at their own size, which a static graph refuses)."""
+    out = tmp_path / "small_int8.onnx"
+    r = CliRunner().invoke(cli, ["export", "--weights", str(trained["ckpt"]), "--format", "onnx", "--precision", "int8",
+                                 "--imgsz", "64", "96", "--static", "--calib", str(trained["demo"] / "images" / "train"),
+                                 "--calib-count", "4", "--out", str(out), "--check-images", "0"])
+    assert r.exit_code == 0, r.output
+    p = Predictor(out)
+    frame = np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    assert p.predict([frame])[0].shape == (90, 130)  # run at 64x96, returned at the frame's size
+
+
 @pytest.mark.slow
 def test_int8_of_a_lite_student_passes_its_tolerance_gate(tmp_path_factory):
     """The edge student's kind of network (EfficientNet-Lite: ReLU6, depthwise convolutions, separable
