@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from igldt.constants import IMAGENET_MEAN, IMAGENET_STD
+from igldt.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from igldt.io import write_json_atomic
 from igldt.runtime.metadata import FORMAT, METADATA_KEY, default_palette, sidecar_path
 
@@ -65,7 +65,7 @@ def build_metadata(ckpt_meta: dict, checkpoint: str | Path, *, fmt: str, precisi
         "palette": palette,
         "mean": _listify(ckpt_meta.get("mean")) or list(IMAGENET_MEAN),
         "std": _listify(ckpt_meta.get("std")) or list(IMAGENET_STD),
-        "ignore_index": ckpt_meta.get("ignore_index", 255),
+        "ignore_index": ckpt_meta.get("ignore_index", IGNORE_INDEX),
         "stride": int(stride),                      # input H and W must be multiples of this
         "output_stride": arch.get("output_stride"),  # the backbone's (DeepLabV3+ OS 16 or 8)
         "backbone": arch.get("backbone"),

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from igldt.constants import IMAGENET_MEAN, IMAGENET_STD
+from igldt.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from igldt.io import atomic_open
 
 FORMAT = "igldt/1"
@@ -114,7 +114,7 @@ def _meta(dataset_meta: Mapping, config: Mapping | None) -> dict:
         "palette": plain(palette) if palette is not None else None,
         "mean": [float(v) for v in dataset_meta.get("mean", data.get("mean", IMAGENET_MEAN))],
         "std": [float(v) for v in dataset_meta.get("std", data.get("std", IMAGENET_STD))],
-        "ignore_index": 255,
+        "ignore_index": IGNORE_INDEX,
         "config": plain(dict(config)) if config is not None else None,
         "versions": versions(),
     }
