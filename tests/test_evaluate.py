@@ -13,7 +13,6 @@ from torch import nn
 from igldt.checkpoint import save_checkpoint, student_payload
 from igldt.cli.main import cli
 from igldt.evaluate import evaluate, make_predictor, predict_logits, window_starts
-from igldt.models import build_segmenter
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -30,12 +29,6 @@ class Pointwise(nn.Module):
 
     def forward(self, x):
         return {"logits": self.conv(x)}
-
-
-@pytest.fixture(scope="module")
-def r18():
-    torch.manual_seed(0)
-    return build_segmenter("resnet18", 3).eval()
 
 
 def test_window_starts_are_edge_aligned():

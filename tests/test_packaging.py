@@ -1,5 +1,4 @@
 """The distribution installs everything under `igldt`: no bare cli/runtime/export/models in site-packages."""
-import os
 import subprocess
 import sys
 import textwrap
@@ -86,7 +85,7 @@ def test_runtime_verbs_without_the_train_and_export_extras(tmp_path):
     """`igldt infer` and `igldt evaluate --engine` run with only the core and an engine importable;
     `igldt train` and `igldt export` then say, in one line, which extra to install."""
     pytest.importorskip("onnxruntime")
-    from test_runtime import CLASSES, PALETTE, tiny_onnx
+    from tests.runtime.test_runtime import CLASSES, PALETTE, tiny_onnx
 
     from igldt.data import write_classes_yaml
     import cv2
@@ -111,8 +110,8 @@ def test_runtime_verbs_without_the_train_and_export_extras(tmp_path):
         assert not {{"torch", "onnx", "timm", "matplotlib"}} & set(sys.modules), "a training module was imported"
         print("RUNTIME OK")
     """)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    # nothing from tests/ on the path: its folders (cli, data, models, ...) would shadow top-level names
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert "RUNTIME OK" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     assert (tmp_path / "run" / "masks" / "im0.png").exists() and (tmp_path / "eval.json").exists()
     (tmp_path / "student.pt").write_bytes(b"not read: the missing extra is reported first")

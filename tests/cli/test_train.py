@@ -1,6 +1,6 @@
 """`igldt train`'s first-class flags: the config keys they set, their precedence over the preset,
 a --resume checkpoint's config and -o, and their one-line errors. The training itself is replaced
-by a stub that records what it was given (the real runs: test_train_stages.py, test_train_kill.py)."""
+by a stub that records what it was given (the real runs: tests/train/test_stages.py, tests/train/test_kill.py)."""
 import subprocess
 import sys
 from pathlib import Path

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import cv2
 import numpy as np
@@ -11,13 +10,14 @@ import pytest
 from igldt.data import DataError, build_dataset, check_dataset, make_demo_dataset, read_split_file
 from igldt.data.demo import DEMO_CLASSES, MANIFEST, VIDEO
 
+from tests.helpers import video_frames
+
 SMALL = dict(n_labelled_train=3, n_unlabelled_train=5, n_val=2, size=(48, 64), video_frames=6)
 
 
-def test_default_demo_dataset(tmp_path):
-    t = time.perf_counter()
-    root = make_demo_dataset(tmp_path / "demo")
-    assert time.perf_counter() - t < 20  # "a few seconds" on a loaded 2-core box
+def test_default_demo_dataset(demo_data_timed):
+    root, seconds = demo_data_timed  # make_demo_dataset(root) with the defaults, once for the session (conftest)
+    assert seconds < 20  # "a few seconds" on a loaded 2-core box
     train, val = build_dataset("demo", root, "train"), build_dataset("demo", root, "val")
     assert (len(train), len(val)) == (64, 24)
     assert train.classes == DEMO_CLASSES and 6 <= len(train.classes) <= 8 and train.ignore_index == 255
@@ -32,14 +32,7 @@ def test_default_demo_dataset(tmp_path):
     assert len(lab) == 16 and len(unl) == 48 and sorted(lab + unl) == train.ids
     assert build_dataset("demo", root, "labeled").ids == lab
     assert check_dataset(val) == []
-    cap = cv2.VideoCapture(str(root / VIDEO))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    frames = video_frames(root / VIDEO)
     assert len(frames) == 48 and frames[0].shape == (96, 128, 3)
     assert not np.array_equal(frames[0], frames[-1])
 
@@ -119,12 +112,3 @@ def test_export_check_falls_back_to_scenes_in_memory_and_writes_nothing(tmp_path
                                         None, 3)
     assert len(loaders) == 3 and loaders[0]().shape == (96, 128, 3) and "in memory" in desc
     assert not (tmp_path / "home").exists()
-
-
-def test_demo_data_only_generates_the_data_and_stops(tmp_path):
-    from click.testing import CliRunner
-    from igldt.cli.main import cli
-    res = CliRunner().invoke(cli, ["demo", "--data-only", "--out", str(tmp_path / "demo")])
-    assert res.exit_code == 0, res.output
-    assert (tmp_path / "demo" / "data" / MANIFEST).is_file() and "igldt train --stage supervised --preset demo" in res.output
-    assert not (tmp_path / "demo" / "supervised").exists()

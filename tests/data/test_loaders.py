@@ -14,6 +14,8 @@ from igldt.data.loaders import EvalSet, build_train_loaders, build_val_set, trai
 SMALL = dict(n_labelled_train=2, n_unlabelled_train=6, n_val=2, size=(48, 64), video_frames=0)
 
 
+# Not conftest's session datasets: the counts and sizes asserted below (2 labelled repeated to the 6
+# unlabelled, 48x64 images cropped to 32x40) are this module's own.
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
     return make_demo_dataset(tmp_path_factory.mktemp("demo") / "d", **SMALL)

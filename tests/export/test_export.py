@@ -20,15 +20,14 @@ from igldt.runtime import Predictor  # noqa: E402
 from igldt.runtime.metadata import read_sidecar, sidecar_path  # noqa: E402
 
 
-def train_student(root, backbone: str = "resnet18", steps: int = 25, mean=(0.485, 0.456, 0.406),
+def train_student(root, demo, backbone: str = "resnet18", steps: int = 25, mean=(0.485, 0.456, 0.406),
                   std=(0.229, 0.224, 0.225), **arch) -> dict:
-    """A DeepLabV3+ student trained for a few SGD steps on the demo data (mIoU well above chance), saved
-    as an export-ready checkpoint."""
+    """A DeepLabV3+ student trained for a few SGD steps on the demo data at `demo` (mIoU well above
+    chance), saved as an export-ready checkpoint in `root`."""
     from igldt.checkpoint import save_checkpoint, student_payload
-    from igldt.data import build_dataset, make_demo_dataset
+    from igldt.data import build_dataset
     from igldt.models import build_segmenter
 
-    demo = make_demo_dataset(root / "demo")
     train, val = build_dataset("demo", demo, "train"), build_dataset("demo", demo, "val")
     torch.manual_seed(0)
     model = build_segmenter(backbone, len(train.classes), 16, **arch)
@@ -55,8 +54,8 @@ def train_student(root, backbone: str = "resnet18", steps: int = 25, mean=(0.485
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train_student(tmp_path_factory.mktemp("exp"))
+def trained(tmp_path_factory, demo_data):
+    return train_student(tmp_path_factory.mktemp("exp"), demo_data)
 
 
 @pytest.fixture(scope="module")
@@ -265,10 +264,10 @@ def test_static_int8_calibrates_at_its_own_size(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_int8_of_a_lite_student_passes_its_tolerance_gate(tmp_path_factory):
+def test_int8_of_a_lite_student_passes_its_tolerance_gate(tmp_path_factory, demo_data):
     """The edge student's kind of network (EfficientNet-Lite: ReLU6, depthwise convolutions, separable
     head): its INT8 ONNX passes `igldt evaluate --engine ... --reference ...` at the INT8 tolerance."""
-    lite = train_student(tmp_path_factory.mktemp("lite"), "tf_efficientnet_lite0", steps=30,
+    lite = train_student(tmp_path_factory.mktemp("lite"), demo_data, "tf_efficientnet_lite0", steps=30,
                          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), head="separable")
     out = lite["root"] / "lite_int8.onnx"
     run_export(lite["ckpt"], "onnx", "int8", out=out, calib_count=16, check_count=0)

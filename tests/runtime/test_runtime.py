@@ -26,7 +26,7 @@ from igldt.runtime.sources import Frame, LiveSource, open_source  # noqa: E402
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 CLASSES = ["red", "green", "blue"]
 PALETTE = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_onnx(path: Path, stride: int = 8, embed: bool = True, sidecar: bool = False) -> Path:

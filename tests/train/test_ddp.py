@@ -22,8 +22,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train_loop import N_CLASSES, Synthetic, Tiny, config, losses  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # as a torchrun worker (a script) too: the stand-ins below come from tests.train
+from tests.train.test_loop import N_CLASSES, Synthetic, Tiny, config, losses  # noqa: E402
 
 import igldt.checkpoint  # noqa: E402
 import igldt.train.loop as loop  # noqa: E402
@@ -86,7 +87,7 @@ def val_score(run_dir: Path) -> float:
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(tmp_path):
     single = run(tmp_path / "single", D.DistContext())
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     # Own process group: on a timeout the launcher *and* its workers are killed, none left orphaned.
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              __file__, str(tmp_path / "ddp")],

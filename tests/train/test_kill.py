@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from igldt.checkpoint import load_checkpoint, save_checkpoint, teachers_payload
-from igldt.data.demo import DEMO_CLASSES, make_demo_dataset
+from igldt.data.demo import DEMO_CLASSES
 from igldt.models import build_segmenter
 from igldt.train.logger import read_metrics
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ITERS, EVERY = 16, 4
 
 
@@ -56,9 +56,8 @@ def models(path: Path) -> dict:
     return ckpt["models"]
 
 
-def test_sigkill_between_saves_then_resume_gives_the_same_weights(tmp_path):
-    root = make_demo_dataset(tmp_path / "data", n_labelled_train=4, n_unlabelled_train=4, n_val=2,
-                             size=(32, 48), video_frames=0)
+def test_sigkill_between_saves_then_resume_gives_the_same_weights(tmp_path, tiny_demo):
+    root = tiny_demo  # the session's: 4 labelled, 4 unlabelled, 2 val images at 32x48
     torch.manual_seed(0)
     teachers = tmp_path / "teachers.pt"
     save_checkpoint(teachers, teachers_payload(build_segmenter("resnet18", len(DEMO_CLASSES)),

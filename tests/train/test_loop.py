@@ -1,6 +1,6 @@
 """The training loop with tiny stand-in models and data: resume equivalence (after a real SIGINT),
 swap parity across a resume, frozen teachers, non-finite losses, run-folder safety, periodic
-resumable checkpoints (the SIGKILL test is tests/test_train_kill.py)."""
+resumable checkpoints (the SIGKILL test is tests/train/test_kill.py)."""
 import os
 import signal
 

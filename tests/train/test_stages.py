@@ -10,7 +10,6 @@ from click.testing import CliRunner
 from igldt.checkpoint import load_checkpoint, load_model, load_teachers
 from igldt.cli.main import cli
 from igldt.config import load_config
-from igldt.data.demo import make_demo_dataset
 from igldt.train.logger import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -28,10 +27,8 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("stages")
-    root = make_demo_dataset(base / "data", n_labelled_train=4, n_unlabelled_train=4, n_val=2, size=(32, 48),
-                             video_frames=0)
+def runs(tmp_path_factory, tiny_demo):
+    base, root = tmp_path_factory.mktemp("stages"), tiny_demo
     out = {}
     for stage in ("supervised", "teachers", "student"):
         extra = ["--teachers", base / "teachers" / "best.pt"] if stage == "student" else []
@@ -113,23 +110,6 @@ def test_training_refuses_bad_data(runs, tmp_path):
     code, text = invoke("--stage", "supervised", *opts(bad), "--out", tmp_path / "run")
     assert code != 0 and "bad_labels" in text and mask.name in text
     assert not (tmp_path / "run" / "last.pt").exists()
-
-
-def test_demo_end_to_end(tmp_path):
-    """`igldt demo` at a tiny size: three stages, summary table, ONNX export, segmented video."""
-    out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--device", "cpu", "-o", "train.iters=1", "-o", "data.crop=[32,48]",
-            "-o", "train.batch_size=2"]
-    res = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    for row in ("Sup-only", "CPS teacher T_SU", "CPS teacher T_RU", "IGL-DT student"):
-        assert row in res.output
-    assert (out / "student" / "best.pt").is_file() and (out / "teachers" / "best.pt").is_file()
-    # the suite runs with the export and cpu extras (README, .ci/run): deployment is part of the demo
-    assert "deployment: skipped" not in res.output, res.output
-    assert (out / "student.onnx").is_file() and any((out / "infer").rglob("*.mp4"))
-    again = CliRunner().invoke(cli, args)
-    assert again.exit_code == 2 and "--exist-ok" in again.output  # a second run never overwrites silently
 
 
 def test_cps_pair_is_symmetric():
