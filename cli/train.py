@@ -36,7 +36,7 @@ class GreedyOption(click.Option):
     """An option that also takes the next token when it is a bare integer: `--imgsz 512 1024`.
 
     Click has no optional second value; this wraps the handler click's option parser keeps for the
-    option (`parser._long_opt[name].process(value, state)`, private: tests/test_cli_train.py fails
+    option (`parser._long_opt[name].process(value, state)`, private: tests/cli/test_train.py fails
     if a click release changes it) to pull that token."""
 
     def add_to_parser(self, parser, ctx):

@@ -5,7 +5,7 @@ place. A resume needs, beside the models (loaded by the loop before DDP wraps th
 (momentum), schedule, AMP scaler, iteration (which also fixes the student's swap parity), best
 score, history, skipped updates and, per rank, the RNG states, data positions, the log's running
 window and the non-finite streak. With all of them the resumed run ends on the same weights, bit
-for bit, as the uninterrupted one (tests/test_train_kill.py).
+for bit, as the uninterrupted one (tests/train/test_kill.py).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ validation, best and last checkpoints (`Checkpointer`, checkpointing.py, which a
 `last.pt` (kind "resume") is written at each validation, every `train.save_every` iterations,
 every `train.save_every_s` seconds, on Ctrl-C/SIGTERM and at the end, always atomically: a
 SIGKILL at any moment leaves the previous complete checkpoint, and resuming from it reproduces the
-uninterrupted run's weights exactly (tests/test_train_kill.py).
+uninterrupted run's weights exactly (tests/train/test_kill.py).
 
 Iterations t are optimiser updates, counted from 1 (the swap of (11) reads t); with gradient
 accumulation all micro-batches of one update share t.
