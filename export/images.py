@@ -13,6 +13,11 @@ from typing import Callable
 
 import numpy as np
 
+from igldt.runtime.preprocess import read_image
+from igldt.runtime.sources import list_images
+
+from .onnx import ExportError
+
 Loader = Callable[[], np.ndarray]
 
 
@@ -38,8 +43,6 @@ def _data_cfg(meta: dict) -> dict:
 
 
 def folder_images(folder: str | Path, n: int) -> tuple[list[Loader], list[str]]:
-    from igldt.runtime.preprocess import read_image
-    from igldt.runtime.sources import list_images
 
     paths = list_images(folder)
     idx = _spread(len(paths), n)
@@ -74,7 +77,6 @@ def check_images(meta: dict, calib: str | Path | None, n: int, demo_root: str | 
 
 def calibration_images(meta: dict, calib: str | Path | None, n: int):
     """(loaders, names, description) for INT8 calibration; raises ExportError when none exist."""
-    from .onnx import ExportError
 
     if calib:
         if not Path(calib).is_dir():

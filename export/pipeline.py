@@ -21,8 +21,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from igldt.constants import IMAGENET_MEAN, IMAGENET_STD
+from igldt.runtime.metadata import sidecar_path
 
-from .onnx import OPSET, ExportError, check_imgsz
+from . import metadata as md
+from .images import calibration_images, check_images
+from .onnx import OPSET, ExportError, check_imgsz, compare_with_torch, export_onnx, save_model, to_fp16
+from .quantize import quantize_int8
+from .tensorrt import build_engine, tensorrt_status
 
 PRECISIONS = ("fp32", "fp16", "int8")
 OUTPUTS = ("logits", "labels")
@@ -84,7 +89,6 @@ class ExportSpec:
 
     @property
     def sidecar(self) -> Path:
-        from igldt.runtime.metadata import sidecar_path
         return sidecar_path(self.out)
 
     @classmethod
@@ -104,7 +108,6 @@ class ExportSpec:
         if output not in OUTPUTS:
             raise ExportError(f"--output {output}: choose logits or labels")
         if fmt == "trt":  # say so before minutes of export work, in one line
-            from .tensorrt import tensorrt_status
             ok, reason = tensorrt_status()
             if not ok:
                 raise ExportError(f"--format trt: cannot build a TensorRT engine here: {reason}; "
@@ -175,8 +178,6 @@ def _write_onnx(job: _Job, staged: Staged, work: Path) -> Path:
 
 def _write_trt(job: _Job, staged: Staged, work: Path) -> Path:
     """--format trt: the graph stays in the scratch folder; the engine built from it is the artefact."""
-    from . import metadata as md
-    from .tensorrt import build_engine
 
     spec, meta = job.spec, job.meta
     onnx_tmp = work / f"{spec.out.stem}.onnx"
@@ -212,11 +213,10 @@ FORMATS = {"onnx": _Format(".onnx", "onnx", "ort", "cpu", _onnx_profile, _write_
 
 def _prepare(spec: ExportSpec, echo: Callable[[str], None]) -> _Job:
     """Load the student, build the metadata, find calibration images and export the fp32 graph."""
+    # torch and timm load here, when an export runs, not when the CLI imports this module
     from igldt.checkpoint import load_model
     from igldt.models import SegmentationExportWrapper
 
-    from . import metadata as md
-    from .onnx import export_onnx
 
     fmt = FORMATS[spec.fmt]
     model, ckpt = load_model(spec.weights, device="cpu")
@@ -239,7 +239,6 @@ def _prepare(spec: ExportSpec, echo: Callable[[str], None]) -> _Job:
          f"{'dynamic' if spec.dynamic else 'static'} {imgsz[0]}x{imgsz[1]}]")
     calib_set = None
     if spec.precision == "int8":  # find calibration images before minutes of export work
-        from .images import calibration_images
         calib_set = calibration_images(ckpt, spec.calib, spec.calib_count)
     proto = export_onnx(wrapper, imgsz=imgsz, stride=stride, dynamic=spec.dynamic,
                         bake_preprocess=spec.bake_preprocess, opset=spec.opset, batch=1)
@@ -250,14 +249,11 @@ def _write_graph(job: _Job, dest: Path, work: Path) -> None:
     """The graph at the export precision, with the metadata embedded, saved to `dest`."""
     import onnx
 
-    from . import metadata as md
-    from .onnx import save_model, to_fp16
 
     spec, meta, proto = job.spec, job.meta, job.proto
     if spec.precision == "fp16":
         proto = to_fp16(proto)
     if spec.precision == "int8":
-        from .quantize import quantize_int8
         loaders, _, desc = job.calib_set
         job.echo(f"Calibrating INT8 on {desc} ({spec.calib_method})")
         fp32 = work / "fp32.onnx"
@@ -272,9 +268,6 @@ def _write_graph(job: _Job, dest: Path, work: Path) -> None:
 
 def _check(job: _Job, artefact_tmp: Path, side_tmp: Path) -> dict | None:
     """The artefact (through the deployment Predictor) vs PyTorch on real images, recorded in the sidecar."""
-    from . import metadata as md
-    from .images import check_images
-    from .onnx import compare_with_torch
 
     spec = job.spec
     if spec.check_count <= 0:
@@ -296,7 +289,6 @@ def _check(job: _Job, artefact_tmp: Path, side_tmp: Path) -> dict | None:
 
 def export(spec: ExportSpec, echo: Callable[[str], None] = print) -> ExportResult:
     """Run the export `spec` describes; nothing is left in place unless every step succeeded."""
-    from . import metadata as md
 
     spec.out.parent.mkdir(parents=True, exist_ok=True)
     job = _prepare(spec, echo)
