@@ -96,6 +96,9 @@ def main() -> None:
     ap.add_argument("--skip-bf16", action="store_true")
     ap.add_argument("--imgsz", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="network input size, multiples of 32 (default: the frame's, padded: 368x480)")
+    ap.add_argument("--edge-graph", action="store_true",
+                    help="ONNX graphs as deployed on an edge box: argmax inside (--output labels) and the "
+                         "normalisation too (--bake-preprocess), so the CPU around the network does less")
     a = ap.parse_args()
     net = tuple(a.imgsz) if a.imgsz else None
 
@@ -113,11 +116,13 @@ def main() -> None:
     frames = [ds.load_image(i) for i in range(min(len(ds), 20))]
     assert frames[0].shape[:2] == SIZE, f"expected {SIZE} CamVid frames, got {frames[0].shape[:2]}"
 
-    tag = f"_{net[0]}x{net[1]}" if net else ""
+    tag = (f"_{net[0]}x{net[1]}" if net else "") + ("_edge" if a.edge_graph else "")
     fp32 = a.out / f"edge_fp32{tag}.onnx"
     int8 = a.out / f"edge_int8{tag}.onnx"
     quiet = lambda *_: None
     shape = {"imgsz": net, "dynamic": False} if net else {"imgsz": (368, 480)}
+    if a.edge_graph:
+        shape.update(output="labels", bake_preprocess=True)
     if not fp32.exists():
         run_export(a.weights, "onnx", "fp32", out=fp32, check_count=0, echo=quiet, **shape)
     if not int8.exists():
