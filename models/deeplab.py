@@ -64,8 +64,9 @@ class ResidualContext(nn.Module):
     the attention width, projected back out by a zero-initialised 1x1 convolution, and summed with
     the map. At initialisation the network is exactly its attention-free twin with its pretrained
     deep features intact; the attention layers then learn a correction (zero-init residual branches,
-    as in ReZero / Fixup). Replacing the map with new random layers instead costs the pretrained
-    global teacher ~7 val mIoU on CamVid against its plain twin (docs/experiments.md, section 12)."""
+    as in ReZero / Fixup). Measured on CamVid it does not close the attention teacher's gap to its
+    plain twin; the attention layers' learning rate does (`train.attention_lr_mult`; docs/experiments.md,
+    section 12)."""
 
     def __init__(self, ch: int, width: int, layers: int):
         super().__init__()
@@ -237,19 +238,18 @@ def param_groups(model: nn.Module, lr: float | None = None, head_lr_mult: float 
     model = getattr(model, "module", model)
     model = getattr(model, "_orig_mod", model)
     backbone_ids = {id(p) for p in model.backbone.parameters()}
+    mults = {"backbone": 1.0, "head": float(head_lr_mult)}
     context = getattr(model, "context", None)  # absent without attention layers
-    own = context is not None and attention_lr_mult is not None
-    context_ids = {id(p) for p in context.parameters()} if own else set()
-    groups = {"backbone": [], "head": [], "attention": []}
+    context_ids = set()
+    if context is not None and attention_lr_mult is not None:
+        context_ids = {id(p) for p in context.parameters()}
+        mults["attention"] = float(attention_lr_mult)
+    groups = {name: [] for name in mults}
     for p in model.parameters():
         if p.requires_grad:
             groups["backbone" if id(p) in backbone_ids else "attention" if id(p) in context_ids else "head"].append(p)
-    mults = {"backbone": 1.0, "head": float(head_lr_mult),
-             "attention": float(head_lr_mult if attention_lr_mult is None else attention_lr_mult)}
     out = []
     for name, params in groups.items():
-        if not params and name == "attention":
-            continue
         mult = mults[name]
         g = {"name": name, "params": params, "lr_mult": mult}
         if lr is not None:
