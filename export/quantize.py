@@ -62,6 +62,27 @@ def _reader(images: Sequence[Callable[[], np.ndarray]], input_name: str, mean, s
     return ImageCalibrationReader()
 
 
+def _preprocessing_nodes(path: Path) -> list[str]:
+    """The nodes of a baked graph between its uint8 input and the first convolution (layout, BGR->RGB,
+    x * scale + shift). They stay float: quantised, their Mul and Add ran as QLinearMul/QLinearAdd at
+    4.5 ms a 224x320 frame (a third of the INT8 network), against 0.13 ms in float; the first Conv
+    still gets its Q/DQ input like every other."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found, frontier = [], [i.name for i in graph.input]
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            if node.op_type not in ("Conv", "ConvTranspose") and node.name not in found:
+                found.append(node.name)
+                frontier.extend(node.output)
+    return found
+
+
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: Sequence[Callable[[], np.ndarray]],
                   meta: dict, method: str = "minmax", target: str = "ort") -> dict:
     """Quantise `fp32_path` into `out_path` (QDQ for `target`: ort | tensorrt), calibrated on `images`
@@ -98,7 +119,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: Sequence[
             except Exception as e:  # optional step: quantising the plain graph is still correct
                 prepared, note = src, f"quant_pre_process skipped ({e.__class__.__name__})"
             quantize_static(
-                str(prepared), str(dst), reader,
+                str(prepared), str(dst), reader, nodes_to_exclude=_preprocessing_nodes(prepared) if baked else [],
                 quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                 activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8,
                 op_types_to_quantize=op_types, calibrate_method=cal,

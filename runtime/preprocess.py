@@ -40,12 +40,15 @@ def check_imgsz(imgsz) -> int | tuple[int, int] | None:
 
 
 def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 to size (H, W): area averaging when shrinking (no aliasing), bilinear when growing."""
+    """RGB uint8 to size (H, W): area averaging when shrinking more than 2x (no aliasing), bilinear
+    otherwise. Bilinear already reads every source pixel down to half size, and it is ~7x cheaper than
+    area averaging at a non-integer ratio (360x480 -> 224x320: 0.14 ms against 1.0 ms, ~8% of an INT8
+    frame), for -0.02/-0.05 mIoU on CamVid val (docs/results.md)."""
     h, w = img.shape[:2]
     if (h, w) == tuple(size):
         return img
-    shrink = size[0] * size[1] < h * w
-    return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    strong_shrink = 2 * size[0] < h or 2 * size[1] < w
+    return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA if strong_shrink else cv2.INTER_LINEAR)
 
 
 def resize_result(result: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -111,15 +114,18 @@ def padded_size(h: int, w: int, stride: int) -> tuple[int, int]:
 
 
 def normalize_batch(images: list[np.ndarray], mean, std, size: tuple[int, int]) -> np.ndarray:
-    """Same-sized RGB uint8 images -> N x 3 x size float32, zero-padded bottom/right after normalising."""
+    """Same-sized RGB uint8 images -> N x 3 x size float32, zero-padded bottom/right after normalising.
+    One channel at a time, as x * (1 / (255 std)) - mean / std written straight into the NCHW plane:
+    one pass instead of a float HxWx3 copy, arithmetic and a transpose (0.17 ms against 1.5 ms at 224x320)."""
     hp, wp = size
     out = np.zeros((len(images), 3, hp, wp), np.float32)
-    m = np.asarray(mean, np.float32).reshape(1, 1, 3)
-    s = np.asarray(std, np.float32).reshape(1, 1, 3)
+    scale = 1 / (255 * np.asarray(std, np.float64))
+    shift = -np.asarray(mean, np.float64) / np.asarray(std, np.float64)
     for i, img in enumerate(images):
         h, w = img.shape[:2]
-        x = (img.astype(np.float32) * np.float32(1 / 255) - m) / s
-        out[i, :, :h, :w] = x.transpose(2, 0, 1)
+        for c in range(3):
+            np.multiply(img[:, :, c], np.float32(scale[c]), out=out[i, c, :h, :w], casting="unsafe")
+            out[i, c, :h, :w] += np.float32(shift[c])
     return out
 
 

@@ -166,6 +166,33 @@ def test_labels_output_and_baked_preprocess_match_plain(trained, fp32):
     assert min(agree) > 0.999
 
 
+def test_baked_int8_keeps_its_preprocessing_float(trained):
+    """The uint8 -> normalised steps of a --bake-preprocess graph get no Q/DQ (as QLinearMul/QLinearAdd
+    they cost a third of the INT8 network); the first convolution's input is still quantised."""
+    r = run_export(trained["ckpt"], "onnx", "int8", out=trained["root"] / "edge_int8.onnx", output="labels",
+                   bake_preprocess=True, calib_count=8, check_count=0)
+    graph = onnx.load(str(r.path)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    mul_add = [n for n in graph.node if n.op_type in ("Mul", "Add") and graph.input[0].name in _ancestors(n, producer)
+               and not any(producer.get(i) is not None and producer[i].op_type == "Conv" for i in _ancestors(n, producer))]
+    assert mul_add and all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear"
+                           for n in mul_add for i in n.input)
+    first_conv = next(n for n in graph.node if n.op_type == "Conv")
+    assert producer[first_conv.input[0]].op_type == "DequantizeLinear"
+
+
+def _ancestors(node, producer) -> set[str]:
+    """Every tensor name `node` depends on."""
+    seen, todo = set(), list(node.input)
+    while todo:
+        name = todo.pop()
+        if name and name not in seen:
+            seen.add(name)
+            if name in producer:
+                todo.extend(producer[name].input)
+    return seen
+
+
 def test_existing_output_needs_force_and_bad_imgsz(trained, fp32):
     before = fp32.path.read_bytes()
     run = CliRunner()
