@@ -8,35 +8,43 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import click
 import numpy as np
 
+from igldt.config import Config, recorded_config
 from igldt.io import write_json_atomic
 
 MODES = ("whole", "center", "slide")
 
 
-def resolve_data(config: dict | None, data: str | None, dataset: str | None, split: str | None
+def resolve_data(recorded: Mapping[str, str | None], data: str | None, dataset: str | None, split: str | None
                  ) -> tuple[str, str, str]:
-    """(root, dataset name, split): the options, else what the checkpoint was trained with."""
-    cdata = (config or {}).get("data", {}) or {}
-    root = data or cdata.get("root")
-    name = dataset or cdata.get("dataset") or ("folder" if root else None)
-    split = split or cdata.get("val_split") or "val"
+    """(root, dataset name, split): the options, else the dataset a model records (`{"root", "name",
+    "val_split"}`, as a deployment sidecar writes it; `recorded_dataset` for a checkpoint)."""
+    root = data or recorded.get("root")
+    name = dataset or recorded.get("name") or ("folder" if root else None)
+    split = split or recorded.get("val_split") or "val"
     if not root:
         raise click.UsageError("no dataset root: pass --data ROOT (the checkpoint names none)")
     return str(root), str(name), str(split)
 
 
-def resolve_mode(config: dict | None, mode: str | None, crop: Sequence[int] | None,
+def recorded_dataset(trained: Config | None) -> dict[str, str | None]:
+    """The dataset a checkpoint's training config names, in the sidecar's shape (empty: none)."""
+    if trained is None:
+        return {}
+    return {"root": trained.data.root, "name": trained.data.dataset, "val_split": trained.data.val_split}
+
+
+def resolve_mode(trained: Config | None, mode: str | None, crop: Sequence[int] | None,
                  stride: Sequence[int] | None) -> tuple[str, list[int] | None, list[int] | None]:
     """--mode/--crop/--stride, else the training config's train.eval_mode/eval_crop/eval_stride."""
-    train = (config or {}).get("train", {}) or {}
-    mode = mode or train.get("eval_mode") or "whole"
-    crop = list(crop) if crop else train.get("eval_crop")
-    stride = list(stride) if stride else train.get("eval_stride")
+    train = trained.train if trained is not None else None
+    mode = mode or (train.eval_mode if train else "whole")
+    crop = list(crop) if crop else (train.eval_crop if train else None)
+    stride = list(stride) if stride else (train.eval_stride if train else None)
     if mode in ("center", "slide") and not crop:
         raise click.UsageError(f"--mode {mode} needs --crop H W (the window size)")
     return mode, (list(crop) if crop and mode != "whole" else None), (list(stride) if stride and mode == "slide" else None)
@@ -99,9 +107,8 @@ def evaluate_engine(engine: Path, reference: Path | None, data, dataset, split, 
         ref = Predictor(reference, device=device) if reference else None
     except DeployError as e:
         raise click.UsageError(str(e)) from None
-    d = eng.meta.get("dataset") or (ref.meta.get("dataset") if ref else None) or {}
-    cfg = {"data": {"root": d.get("root"), "dataset": d.get("name"), "val_split": d.get("val_split")}}
-    root, name, split = resolve_data(cfg, data, dataset, split)
+    recorded = eng.meta.get("dataset") or (ref.meta.get("dataset") if ref else None) or {}
+    root, name, split = resolve_data(recorded, data, dataset, split)
     out = out or engine.with_name(f"{engine.name}.{'parity' if ref else 'eval'}-{name}-{Path(split).stem}.json")
     check_writable(out, force)
     try:
@@ -184,11 +191,11 @@ def evaluate(weights: Path | None, engine: Path | None, reference: Path | None, 
     try:
         dev = resolve_device(device)
         model, meta = load_model(weights, dev)
-    except (CheckpointError, ValueError) as e:
+        trained = recorded_config(meta)
+    except (CheckpointError, ValueError) as e:  # ConfigError is a ValueError
         raise click.UsageError(str(e)) from None
-    config = meta.get("config") or {}
-    root, name, split = resolve_data(config, data, dataset, split)
-    mode, crop_l, stride_l = resolve_mode(config, mode, crop, stride)
+    root, name, split = resolve_data(recorded_dataset(trained), data, dataset, split)
+    mode, crop_l, stride_l = resolve_mode(trained, mode, crop, stride)
     out = out or default_report_path(weights, name, split, mode)
     check_writable(out, force)
     try:

@@ -53,7 +53,7 @@ def export(weights, fmt, precision, calib, calib_count, calib_method, int8_targe
         raise click.ClickException(str(e)) from None
     except Exception as e:  # checkpoint / data errors from other parts already carry one clear line
         name = e.__class__.__name__
-        if name in ("CheckpointError", "DataError"):
+        if name in ("CheckpointError", "DataError", "ConfigError"):
             raise click.ClickException(str(e)) from None
         raise
     size = r.path.stat().st_size / 2**20

@@ -93,15 +93,13 @@ def _config(preset, config, overrides, resume, stage):
     if resume is None:
         return resolve_config(config or preset, overrides, stage), None
     from igldt.checkpoint import CheckpointError, load_checkpoint
-    from igldt.config import ConfigError, load_config, parse_override, set_key
+    from igldt.config import ConfigError, config_from_dict
     if preset or config:
         raise click.UsageError("--resume continues a run with its saved config; drop --preset/--config "
                                "(use -o key=value to change a setting)")
     try:
         ckpt = load_checkpoint(resume, kinds=("resume",))
-        cfg = load_config(None, (), **ckpt["config"])
-        for item in overrides:
-            set_key(cfg, *parse_override(item))
+        cfg = config_from_dict(ckpt["config"], overrides)
     except (CheckpointError, ConfigError) as e:
         raise click.UsageError(f"--resume {resume}: {e}") from None
     return cfg, ckpt

@@ -8,11 +8,13 @@ Images are returned as loaders (callables) so large pools are not held in memory
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from igldt.config import DataConfig, recorded_config
 from igldt.runtime.preprocess import read_image
 from igldt.runtime.sources import list_images
 
@@ -33,13 +35,14 @@ def _from_dataset(ds, n: int) -> tuple[list[Loader], list[str]]:
     return [(lambda i=i: ds.load_image(i)) for i in idx], [str(ds.items[i].image) for i in idx]
 
 
-def _data_cfg(meta: dict) -> dict:
-    """The checkpoint's data config with its root made absolute now: the INT8 calibrator reads the images
-    after changing into a temporary folder, where a relative root would point nowhere."""
-    d = dict((meta.get("config") or {}).get("data") or {})
-    if d.get("root"):
-        d["root"] = str(Path(d["root"]).expanduser().resolve())
-    return d
+def _data_cfg(meta: dict) -> DataConfig | None:
+    """The checkpoint's data config (None: it records none) with its root made absolute now: the INT8
+    calibrator reads the images after changing into a temporary folder, where a relative root would
+    point nowhere."""
+    cfg = recorded_config(meta)
+    if cfg is None or not cfg.data.root:
+        return None
+    return replace(cfg.data, root=str(Path(cfg.data.root).expanduser().resolve()))
 
 
 def folder_images(folder: str | Path, n: int) -> tuple[list[Loader], list[str]]:
@@ -54,12 +57,12 @@ def check_images(meta: dict, calib: str | Path | None, n: int, demo_root: str | 
     from igldt.data import build_dataset
 
     d = _data_cfg(meta)
-    if d.get("dataset") and d.get("root"):
+    if d is not None:
         try:
-            ds = build_dataset(d["dataset"], d["root"], d.get("val_split", "val"))
+            ds = build_dataset(d.dataset, d.root, d.val_split)
             if len(ds):
                 loaders, names = _from_dataset(ds, n)
-                return loaders, names, f"{d['dataset']} {d.get('val_split', 'val')} split at {d['root']}"
+                return loaders, names, f"{d.dataset} {d.val_split} split at {d.root}"
         except Exception:
             pass  # dataset not reachable from here: fall through to --calib / demo
     if calib:
@@ -86,15 +89,15 @@ def calibration_images(meta: dict, calib: str | Path | None, n: int):
             raise ExportError(f"--calib {calib}: no images (jpg/png/bmp) inside; add a few dozen real images")
         return loaders, names, f"--calib {calib}"
     d = _data_cfg(meta)
-    if not (d.get("dataset") and d.get("root")):
+    if d is None:
         raise ExportError("INT8 needs calibration images: the checkpoint records no dataset; pass --calib DIR")
     try:
         from igldt.data.loaders import train_datasets
-        labelled, unlabelled = train_datasets({"data": d})
+        labelled, unlabelled = train_datasets(d)
     except Exception as e:
         raise ExportError(f"INT8 needs calibration images: the training data recorded in the checkpoint "
-                          f"({d.get('dataset')} at {d.get('root')}) is not reachable ({str(e).splitlines()[0][:160]}); "
+                          f"({d.dataset} at {d.root}) is not reachable ({str(e).splitlines()[0][:160]}); "
                           f"pass --calib DIR") from None
     pool, what = (unlabelled, "unlabelled") if unlabelled is not None and len(unlabelled) else (labelled, "labelled")
     loaders, names = _from_dataset(pool, n)
-    return loaders, names, f"{len(loaders)} {what} {d.get('train_split', 'train')} images of {d['dataset']} at {d['root']}"
+    return loaders, names, f"{len(loaders)} {what} {d.train_split} images of {d.dataset} at {d.root}"

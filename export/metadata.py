@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from igldt.config import recorded_config
 from igldt.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from igldt.io import write_json_atomic
 from igldt.runtime.metadata import FORMAT, METADATA_KEY, default_palette, sidecar_path
@@ -54,7 +55,7 @@ def build_metadata(ckpt_meta: dict, checkpoint: str | Path, *, fmt: str, precisi
     arch = ckpt_meta.get("arch") or {}
     classes = list(ckpt_meta.get("classes") or [f"class{i}" for i in range(int(arch.get("num_classes") or 0))])
     palette = _listify(ckpt_meta.get("palette")) or default_palette(len(classes))
-    data_cfg = (ckpt_meta.get("config") or {}).get("data") or {}
+    trained = recorded_config(ckpt_meta)
     (min_hw, max_hw) = size_range
     return {
         "format": FORMAT,
@@ -83,8 +84,8 @@ def build_metadata(ckpt_meta: dict, checkpoint: str | Path, *, fmt: str, precisi
         },
         "output": {"name": output, "kind": output, "dtype": "uint8" if output == "labels" else "float32",
                    "layout": "NHW" if output == "labels" else "NCHW"},
-        "dataset": {"name": data_cfg.get("dataset"), "root": data_cfg.get("root"),
-                    "val_split": data_cfg.get("val_split", "val")} if data_cfg.get("dataset") else None,
+        "dataset": {"name": trained.data.dataset, "root": trained.data.root,
+                    "val_split": trained.data.val_split} if trained is not None else None,
         "source": {"checkpoint": str(checkpoint), "sha256": file_sha256(checkpoint), "kind": ckpt_meta.get("kind")},
         "versions": versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

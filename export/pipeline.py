@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from igldt.config import recorded_config
 from igldt.constants import IMAGENET_MEAN, IMAGENET_STD
 from igldt.runtime.metadata import sidecar_path
 
@@ -135,9 +136,9 @@ def default_out(weights: Path, fmt: str, precision: str) -> Path:
 
 
 def _default_imgsz(meta: dict, stride: int) -> tuple[int, int]:
-    crop = ((meta.get("config") or {}).get("data") or {}).get("crop")
-    h, w = (crop if crop and len(crop) == 2 else (512, 512))
-    return -(-int(h) // stride) * stride, -(-int(w) // stride) * stride
+    trained = recorded_config(meta)
+    h, w = (trained.data.crop if trained is not None else None) or (512, 512)
+    return -(-h // stride) * stride, -(-w // stride) * stride
 
 
 @dataclass

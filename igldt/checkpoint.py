@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from igldt.config import Config
 from igldt.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from igldt.io import atomic_open
 
@@ -38,7 +39,7 @@ def versions() -> dict[str, str]:
 
 
 def plain(obj: Any) -> Any:
-    """Numpy arrays/scalars, tuples, Paths and Config objects -> JSON-like Python data (safe to unpickle)."""
+    """Numpy arrays/scalars, tuples and Paths -> JSON-like Python data (safe to unpickle)."""
     if isinstance(obj, Mapping):
         return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -104,24 +105,24 @@ def model_payload(model: nn.Module, arch: Mapping | None = None) -> dict:
     return {"arch": plain(dict(arch if arch is not None else unwrap(model).arch)), "state_dict": clean_state_dict(model)}
 
 
-def _meta(dataset_meta: Mapping, config: Mapping | None) -> dict:
+def _meta(dataset_meta: Mapping, config: Config | None) -> dict:
     """classes / palette / mean / std / ignore_index from the dataset, falling back to config.data."""
-    data = (config or {}).get("data", {}) if config else {}
+    mean, std = (config.data.mean, config.data.std) if config is not None else (IMAGENET_MEAN, IMAGENET_STD)
     classes = list(dataset_meta.get("classes", []))
     palette = dataset_meta.get("palette")
     return {
         "classes": [str(c) for c in classes],
         "palette": plain(palette) if palette is not None else None,
-        "mean": [float(v) for v in dataset_meta.get("mean", data.get("mean", IMAGENET_MEAN))],
-        "std": [float(v) for v in dataset_meta.get("std", data.get("std", IMAGENET_STD))],
+        "mean": [float(v) for v in dataset_meta.get("mean", mean)],
+        "std": [float(v) for v in dataset_meta.get("std", std)],
         "ignore_index": IGNORE_INDEX,
-        "config": plain(dict(config)) if config is not None else None,
+        "config": config.to_dict() if config is not None else None,
         "versions": versions(),
     }
 
 
 def student_payload(model: nn.Module, arch: Mapping | None, dataset_meta: Mapping,
-                    config: Mapping | None = None, kind: str = "student", **extra: Any) -> dict:
+                    config: Config | None = None, kind: str = "student", **extra: Any) -> dict:
     """Export-ready payload: arch, state_dict, classes, palette, mean, std, stride, config, versions.
 
     `dataset_meta`: `{"classes", "palette"}` (a SegDataset's attributes), optionally `mean`/`std`
@@ -135,7 +136,7 @@ def student_payload(model: nn.Module, arch: Mapping | None, dataset_meta: Mappin
 
 
 def teachers_payload(global_model: nn.Module, local_model: nn.Module, dataset_meta: Mapping,
-                     config: Mapping | None = None, **extra: Any) -> dict:
+                     config: Config | None = None, **extra: Any) -> dict:
     """Both stage-1 teachers in one file: `teachers: {global: {arch, state_dict}, local: {...}}`."""
     return {"format": FORMAT, "kind": "teachers",
             "teachers": {"global": model_payload(global_model), "local": model_payload(local_model)},

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 
+from igldt.config.schema import LossTerm, MethodConfig
 from igldt.constants import IGNORE_INDEX
-LOSS_TERMS = ("pseudo", "glo", "loc", "dis")  # Table 3 ablation switches (cfg.method.losses)
+
+LOSS_TERMS = get_args(LossTerm)  # Table 3 ablation switches (cfg.method.losses): pseudo, glo, loc, dis
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,16 +204,14 @@ class LossConfig:
     single_state: str = "half"
 
     @classmethod
-    def from_cfg(cls, method) -> "LossConfig":
-        thr = method["threshold"]
-        if thr is not None and not 0.0 <= float(thr) <= 1.0:
-            raise ValueError(f"method.threshold={thr}: a confidence in [0, 1], or null for off")
-        return cls(alpha=float(method["alpha"]), grid=int(method["grid"]), losses=enabled(method["losses"] or []),
-                   threshold=None if thr is None else float(thr), cps_weight=float(method["cps_weight"]),
-                   cps_rampup=int(method.get("cps_rampup") or 0), cps_warmup=int(method.get("cps_warmup") or 0),
-                   pseudo_labelled=bool(method.get("pseudo_labelled", True)),
-                   align=bool(method.get("align", False)), cps_labelled=bool(method.get("cps_labelled", True)),
-                   single_state=single_state(method.get("single_state", "half")))
+    def from_cfg(cls, method: MethodConfig) -> "LossConfig":
+        """The losses' view of a `method:` section, whose types and choices were checked at load."""
+        if method.threshold is not None and not 0.0 <= method.threshold <= 1.0:
+            raise ValueError(f"method.threshold={method.threshold}: a confidence in [0, 1], or null for off")
+        return cls(alpha=method.alpha, grid=method.grid, losses=frozenset(method.losses), threshold=method.threshold,
+                   cps_weight=method.cps_weight, cps_rampup=method.cps_rampup, cps_warmup=method.cps_warmup,
+                   pseudo_labelled=method.pseudo_labelled, align=method.align, cps_labelled=method.cps_labelled,
+                   single_state=method.single_state)
 
 
 def _zero(ref: torch.Tensor) -> torch.Tensor:
@@ -359,19 +359,3 @@ def cps_weight_at(iteration: int, weight: float, rampup: int = 0, warmup: int = 
     if rampup <= 0 or t >= rampup:
         return weight
     return weight * math.exp(-5.0 * (1.0 - max(t, 0) / rampup) ** 2)
-
-
-def single_state(value: str) -> str:
-    """Validate `method.single_state` (see `unlabelled_feature_loss`)."""
-    if value not in ("half", "every"):
-        raise ValueError(f"method.single_state={value}: choose half (as (11) swaps) or every")
-    return value
-
-
-def enabled(names: Iterable[str]) -> frozenset:
-    """Validate an ablation subset (cfg.method.losses) and return it as a frozenset."""
-    names = frozenset(names)
-    unknown = sorted(names - set(LOSS_TERMS))
-    if unknown:
-        raise ValueError(f"method.losses: unknown term(s) {unknown}; choose a subset of {list(LOSS_TERMS)}")
-    return names

@@ -96,7 +96,7 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
     common = ["--preset", preset, "--device", device, "-o", f"train.seed={seed}",
               "-o", f"train.val_every={VAL_EVERY}", *[a for o in overrides for a in ("-o", o)], "--exist-ok"]
     # CPS on the student's backbone: both networks of the pair are the student's spec.
-    student_spec = json.dumps(dict(cfg.model.student))
+    student_spec = json.dumps(cfg.to_dict()["model"]["student"])
     cps = ["-o", "model.teachers=dual", "-o", f"model.global_teacher={student_spec}",
            "-o", f"model.local_teacher={student_spec}"]
     long = load_config(preset, overrides, stage="teachers").train.iters

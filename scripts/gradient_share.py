@@ -30,7 +30,7 @@ if ckpt:
 s.train()
 lab, unl = build_train_loaders(cfg, 0, 1)
 bl, bu = next(iter(lab)), next(iter(unl))
-opts = L.LossConfig.from_cfg(cfg["method"])
+opts = L.LossConfig.from_cfg(cfg.method)
 n = bl["image"].shape[0]
 x = torch.cat([bl["image"], bu["image"]])
 so = s(x); go = g(x); ro = r(x)

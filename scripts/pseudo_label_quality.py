@@ -48,7 +48,7 @@ def main() -> None:
     std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
     g, r, _ = load_teachers(args.teachers)
     models = {"T_SU": g.eval(), "T_RU": r.eval(), **{p: load_model(p)[0].eval() for p in args.also}}
-    labelled, unlabelled = train_datasets(cfg)
+    labelled, unlabelled = train_datasets(cfg.data)
     classes = list(labelled.classes)
     n = len(classes)
     result = {}

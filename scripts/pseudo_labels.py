@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from igldt.checkpoint import load_model, load_teachers
+from igldt.config import recorded_config
 from igldt.data.loaders import train_datasets
 from igldt.metrics import ConfusionMatrix
 from igldt.train.stages import ensemble_logits
@@ -34,16 +35,18 @@ def main() -> None:
     args = ap.parse_args()
 
     g, r, meta = load_teachers(args.teachers)
-    cfg = meta["config"]
-    _, unlabelled = train_datasets(cfg)
+    cfg = recorded_config(meta)
+    if cfg is None:
+        raise SystemExit(f"{args.teachers} records no training config: its unlabelled images are unknown")
+    _, unlabelled = train_datasets(cfg.data)
     compare = {p: load_model(p)[0].eval() for p in args.compare}
     names = ["global teacher", "local teacher", "ensemble", *compare]
     n = len(meta["classes"])
     mats = {k: ConfusionMatrix(n) for k in names}
     kept = {t: ConfusionMatrix(n) for t in THRESHOLDS}
     total = 0
-    mean = torch.tensor(cfg["data"]["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["data"]["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
     count = len(unlabelled) if args.limit is None else min(args.limit, len(unlabelled))
     with torch.inference_mode():
         for i in range(count):
@@ -66,7 +69,7 @@ def main() -> None:
             for k, c in mats.items()}
     thr = {t: {"coverage": float(c.matrix.sum() / max(total, 1)), "pixel_acc": float(np.trace(c.matrix) / max(c.matrix.sum(), 1))}
            for t, c in kept.items()}
-    print(f"{count} unlabelled images of {cfg['data']['dataset']}/{cfg['data'].get('train_split', 'train')}")
+    print(f"{count} unlabelled images of {cfg.data.dataset}/{cfg.data.train_split}")
     for k, v in rows.items():
         print(f"  {k:60s} mIoU {100 * v['miou']:6.2f}  pixel acc {100 * v['pixel_acc']:6.2f}")
     print("ensemble pseudo-labels above a confidence threshold:")

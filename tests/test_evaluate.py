@@ -12,6 +12,7 @@ from torch import nn
 
 from igldt.checkpoint import save_checkpoint, student_payload
 from igldt.cli.main import cli
+from igldt.config import load_config
 from igldt.evaluate import evaluate, make_predictor, predict_logits, window_starts
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -124,9 +125,10 @@ def test_evaluate_cli(tmp_path, r18):
     data = tmp_path / "data"
     palette = _folder_dataset(data)
     weights = tmp_path / "run" / "student.pt"
+    recorded = load_config(None, data={"dataset": "folder", "root": str(data), "val_split": "val"},
+                           train={"eval_mode": "whole"})
     save_checkpoint(weights, student_payload(r18, None, {"classes": ["sky", "road", "car"], "palette": palette},
-                                             {"data": {"dataset": "folder", "root": str(data), "val_split": "val"},
-                                              "train": {"eval_mode": "whole"}}))
+                                             recorded))
     runner = CliRunner()
     res = runner.invoke(cli, ["evaluate", "--weights", str(weights), "--device", "cpu"])  # data from checkpoint
     assert res.exit_code == 0, res.output

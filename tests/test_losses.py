@@ -1,11 +1,12 @@
 """Every METHOD.md loss against a hand computation on tiny tensors (ignore pixels included)."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from igldt import losses as L
-from igldt.config import load_config
+from igldt.config import config_from_dict, load_config
 
 IGN = L.IGNORE_INDEX
 
@@ -161,11 +162,9 @@ def test_cps_loss_by_hand():
 
 
 def test_loss_config_rejects_unknown_terms():
-    method = {"alpha": 0.1, "grid": 16, "losses": ["pseudo", "glob"], "threshold": None, "cps_weight": 1.5}
-    with pytest.raises(ValueError, match="glob"):
-        L.LossConfig.from_cfg(method)
-    method["losses"] = ["glo"]
-    assert L.LossConfig.from_cfg(method).losses == frozenset({"glo"})
+    with pytest.raises(ValueError, match="glob"):  # when the config loads (ConfigError is a ValueError)
+        load_config(None, ["method.losses=[pseudo, glob]"])
+    assert L.LossConfig.from_cfg(load_config(None, ["method.losses=[glo]"]).method).losses == frozenset({"glo"})
 
 
 def test_unlabelled_padding_is_excluded():
@@ -208,8 +207,7 @@ def test_teacher_stage_uses_the_ramped_weight():
             logits = self.w.expand(x.shape[0], 3, *x.shape[-2:]) + x[:, :1]
             return {"logits": logits, "features": logits}
 
-    cfg = {"method": {"alpha": 0.1, "grid": 2, "losses": list(L.LOSS_TERMS), "threshold": None,
-                      "cps_weight": 1.5, "cps_rampup": 10}, "train": {"head_lr_mult": 1.0}, "data": {"cutmix": False}}
+    cfg = load_config(None, ["method.grid=2", "method.cps_rampup=10"])
     stage = TeachersStage(cfg, Const(0), Const(1))
     x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
     bl, bu = {"image": x, "mask": torch.zeros(2, 4, 4, dtype=torch.long)}, {"image": x.flip(0)}
@@ -235,11 +233,13 @@ def test_pseudo_labelled_switch_leaves_labelled_images_their_ground_truth_alone(
     assert off.item() == pytest.approx(L.supervised_ce(s["logits"], target).item(), rel=1e-6)
     assert on.item() == pytest.approx((off + terms_on["pl_l"]).item(), rel=1e-6) and terms_on["pl_l"] > 0
     assert "pl_l" not in terms_off
-    method = dict(load_config().method)
-    assert L.LossConfig.from_cfg({**method, "pseudo_labelled": False}).pseudo_labelled is False
+    method = load_config().method
+    assert L.LossConfig.from_cfg(replace(method, pseudo_labelled=False)).pseudo_labelled is False
     # on by default, also for the config of a run saved before the switch existed
     assert L.LossConfig.from_cfg(method).pseudo_labelled is True
-    assert L.LossConfig.from_cfg({k: v for k, v in method.items() if k != "pseudo_labelled"}).pseudo_labelled
+    saved = load_config().to_dict()
+    del saved["method"]["pseudo_labelled"]
+    assert L.LossConfig.from_cfg(config_from_dict(saved).method).pseudo_labelled
 
 
 def test_aligned_logits_give_an_under_predicted_class_its_share_back():
@@ -305,8 +305,8 @@ def test_single_state_every_runs_the_lone_feature_loss_at_every_iteration():
                                                                         single_state="every"))[1]
     both = L.LossConfig(grid=2, single_state="every")  # both on: the swap as written
     assert "glo" not in L.unlabelled_feature_loss(2, s, t, t, both)[1]
-    with pytest.raises(ValueError, match="single_state"):
-        L.LossConfig.from_cfg({**dict(load_config().method), "single_state": "always"})
+    with pytest.raises(ValueError, match="single_state"):  # when the config loads
+        load_config(None, ["method.single_state=always"])
 
 
 def test_cutmix_takes_the_box_from_the_next_sample_of_the_batch():
@@ -334,8 +334,7 @@ def test_teachers_learn_on_mixed_images_from_each_others_mixed_labels():
             logits = self.conv(x)
             return {"logits": logits, "features": logits}
 
-    cfg = {"method": {"alpha": 0.1, "grid": 2, "losses": list(L.LOSS_TERMS), "threshold": None,
-                      "cps_weight": 1.5, "cps_labelled": False}, "train": {"head_lr_mult": 1.0}, "data": {"cutmix": True}}
+    cfg = load_config(None, ["method.grid=2", "method.cps_labelled=false", "data.cutmix=true"])
     g, r = Pixelwise(0), Pixelwise(1)
     stage = TeachersStage(cfg, g, r)
     gen = torch.Generator().manual_seed(2)
@@ -354,4 +353,4 @@ def test_teachers_learn_on_mixed_images_from_each_others_mixed_labels():
     plain, _ = TeachersStage(cfg, g, r).step(bl, {"image": x_u}, 1)  # no boxes: plain CPS
     assert plain.item() != pytest.approx(loss.item())
     with pytest.raises(ValueError, match="data.cutmix"):
-        StudentStage({**cfg, "data": {"cutmix": True}}, Pixelwise(3), g, r)
+        StudentStage(cfg, Pixelwise(3), g, r)

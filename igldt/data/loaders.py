@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -17,6 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import transforms as T
+from igldt.config import Config, DataConfig, TrainConfig
+
 from .check import assert_valid
 from .datasets import DataError, SegDataset, build_dataset
 from .splits import make_split, read_split_file, select
@@ -167,41 +169,32 @@ def _worker_context() -> str:
     return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
 
 
-def _section(cfg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    sec = cfg.get(name) if isinstance(cfg, Mapping) else None
-    if not isinstance(sec, Mapping):
-        raise DataError(f"config has no '{name}:' section")
-    return sec
-
-
 def _loader(dataset: Dataset, batch_size: int, rank: int, world: int, seed: int, workers: int) -> SeededLoader:
     sampler = ShardedSampler(len(dataset), rank, world, seed)
-    return SeededLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=int(workers),
+    return SeededLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                         drop_last=len(sampler) >= batch_size, worker_init_fn=_worker_init if workers else None,
                         pin_memory=torch.cuda.is_available(), persistent_workers=False,
                         multiprocessing_context=_worker_context() if workers else None)
 
 
-def train_datasets(cfg: Mapping[str, Any]) -> tuple[SegDataset, SegDataset | None]:
+def train_datasets(d: DataConfig) -> tuple[SegDataset, SegDataset | None]:
     """(labelled, unlabelled | None) views of `data.train_split`, from split files or a seeded split.
 
     No `labelled_list` -> `make_split(count or else fraction, split_seed)` over the split's ids,
     the same on every machine; no `unlabelled_list` -> the rest of the split. Neither fraction nor count ->
     fully supervised (every item labelled, no unlabelled set).
     """
-    d = _section(cfg, "data")
-    ds = build_dataset(d["dataset"], d["root"], d.get("train_split", "train"))
-    if d.get("labelled_list"):
-        labelled_ids = read_split_file(Path(d["labelled_list"]))
+    ds = build_dataset(d.dataset, d.root, d.train_split)
+    if d.labelled_list:
+        labelled_ids = read_split_file(Path(d.labelled_list))
         rest = None
-    elif d.get("fraction") is None and d.get("count") is None:
+    elif d.fraction is None and d.count is None:
         labelled_ids, rest = ds.ids, []
     else:  # data.count (null by default) is the explicit choice, so it wins over data.fraction
-        count = d.get("count")
-        labelled_ids, rest = make_split(ds.ids, fraction=None if count is not None else d.get("fraction"),
-                                        count=count, seed=int(d.get("split_seed", 0)))
-    if d.get("unlabelled_list"):
-        unlabelled_ids = read_split_file(Path(d["unlabelled_list"]))
+        labelled_ids, rest = make_split(ds.ids, fraction=None if d.count is not None else d.fraction,
+                                        count=d.count, seed=d.split_seed)
+    if d.unlabelled_list:
+        unlabelled_ids = read_split_file(Path(d.unlabelled_list))
     elif rest is not None:
         unlabelled_ids = rest
     else:
@@ -216,11 +209,11 @@ def train_datasets(cfg: Mapping[str, Any]) -> tuple[SegDataset, SegDataset | Non
     return labelled, unlabelled
 
 
-def per_rank_batch(train: Mapping[str, Any], world: int) -> int:
+def per_rank_batch(train: TrainConfig, world: int) -> int:
     """Labelled (and unlabelled) images one rank loads per step: `train.batch_size`, or with
     `train.global_batch` its 1/world share (a ValueError when world does not divide it)."""
-    batch = int(train["batch_size"])
-    if not train.get("global_batch") or world == 1:
+    batch = train.batch_size
+    if not train.global_batch or world == 1:
         return batch
     if batch % world:
         raise ValueError(f"train.batch_size={batch} is the global batch (train.global_batch: true) and "
@@ -229,7 +222,7 @@ def per_rank_batch(train: Mapping[str, Any], world: int) -> int:
     return batch // world
 
 
-def build_train_loaders(cfg: Mapping[str, Any], rank: int = 0, world: int = 1, validate: bool = True
+def build_train_loaders(cfg: Config, rank: int = 0, world: int = 1, validate: bool = True
                         ) -> tuple[SeededLoader, SeededLoader | None]:
     """(labelled_loader, unlabelled_loader | None) for one rank, from `data:` and `train:` keys.
 
@@ -238,9 +231,9 @@ def build_train_loaders(cfg: Mapping[str, Any], rank: int = 0, world: int = 1, v
     labelled set is checked completely (`assert_valid`) and unlabelled images must exist.
     Call `loader.set_epoch(epoch)` on both loaders at the start of every epoch.
     """
-    d, t = _section(cfg, "data"), _section(cfg, "train")
+    d, t = cfg.data, cfg.train
     batch = per_rank_batch(t, world)  # before the data check, which can take minutes
-    labelled, unlabelled = train_datasets(cfg)
+    labelled, unlabelled = train_datasets(d)
     if validate:
         assert_valid(labelled)
         if unlabelled is not None:
@@ -248,22 +241,18 @@ def build_train_loaders(cfg: Mapping[str, Any], rank: int = 0, world: int = 1, v
             if missing:
                 raise DataError(f"{len(missing)} unlabelled images are missing (first: {missing[0]}); "
                                 "fix the unlabelled list or restore the files")
-    seed, workers = int(t.get("seed", 0)), int(d.get("workers", 0))
-    common = dict(crop=d.get("crop"), scale=d.get("scale"), flip=bool(d.get("flip", True)),
-                  mean=d.get("mean", T.IMAGENET_MEAN), std=d.get("std", T.IMAGENET_STD), seed=seed)
+    common = dict(crop=d.crop, scale=d.scale, flip=d.flip, mean=d.mean, std=d.std, seed=t.seed)
     length = max(len(labelled), len(unlabelled)) if unlabelled is not None else len(labelled)
-    lab_loader = _loader(LabelledSet(labelled, length=length, **common), batch, rank, world, seed, workers)
+    lab_loader = _loader(LabelledSet(labelled, length=length, **common), batch, rank, world, t.seed, d.workers)
     if unlabelled is None:
         return lab_loader, None
-    unl_set = UnlabelledSet(unlabelled, strong=bool(d.get("strong")), cutmix=bool(d.get("cutmix")),
-                            length=length, **common)
-    return lab_loader, _loader(unl_set, batch, rank, world, seed + 1, workers)
+    unl_set = UnlabelledSet(unlabelled, strong=d.strong, cutmix=d.cutmix, length=length, **common)
+    return lab_loader, _loader(unl_set, batch, rank, world, t.seed + 1, d.workers)
 
 
-def build_val_set(cfg: Mapping[str, Any], validate: bool = True) -> EvalSet:
+def build_val_set(d: DataConfig, validate: bool = True) -> EvalSet:
     """Whole-image evaluation set of `data.val_split` (checked with `assert_valid` by default)."""
-    d = _section(cfg, "data")
-    ds = build_dataset(d["dataset"], d["root"], d.get("val_split", "val"))
+    ds = build_dataset(d.dataset, d.root, d.val_split)
     if validate:
         assert_valid(ds)
-    return EvalSet(ds, d.get("mean", T.IMAGENET_MEAN), d.get("std", T.IMAGENET_STD))
+    return EvalSet(ds, d.mean, d.std)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from igldt.config import Config
 from igldt.train import distributed as D
 from igldt.train.stream import capture_rng, restore_rng
 
@@ -70,7 +71,7 @@ class Checkpointer:
     `best` are the paths it has written (None elsewhere).
     """
 
-    def __init__(self, out_dir: Path, train: Training, state: TrainState, cfg, meta: dict | None, *,
+    def __init__(self, out_dir: Path, train: Training, state: TrainState, cfg: Config, meta: dict | None, *,
                  every: int, every_s: float, clock: Callable[[], float]):
         self.out_dir, self.train, self.state, self.cfg, self.meta = out_dir, train, state, cfg, meta
         self.every, self.every_s, self.clock = every, every_s, clock  # train.save_every, save_every_s (0: off)
@@ -92,7 +93,7 @@ class Checkpointer:
                 "format": RESUME_FORMAT, "kind": "resume", "stage": tr.stage.name, "iteration": st.it,
                 "total": tr.total, "models": tr.stage.state_dict(), "optimizer": tr.optimizer.state_dict(),
                 "scheduler": tr.scheduler.state_dict(), "scaler": tr.amp.scaler.state_dict(), "ranks": ranks,
-                "best": st.best, "skipped": st.skipped, "history": st.history, "config": dict(self.cfg),
+                "best": st.best, "skipped": st.skipped, "history": st.history, "config": self.cfg.to_dict(),
                 "teachers": getattr(tr.stage, "teachers_path", None)})
             self.last = self.out_dir / "last.pt"
         D.barrier(ctx)

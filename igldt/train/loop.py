@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 
+from igldt.config import Config, TrainConfig
 from igldt.io import write_text_atomic
 from igldt.train import distributed as D
 from igldt.train.checkpointing import Checkpointer, TrainState, remove_stale_temp_files, restore
@@ -141,21 +142,21 @@ def _open_out_dir(out_dir: Path, iteration: int, resumed: bool) -> None:
         remove_stale_temp_files(out_dir)
 
 
-def save_intervals(train) -> tuple[int, float]:
+def save_intervals(train: TrainConfig) -> tuple[int, float]:
     """(train.save_every iterations, train.save_every_s seconds); 0 turns either off."""
-    every, seconds = int(train["save_every"] or 0), float(train["save_every_s"] or 0)
+    every, seconds = train.save_every, train.save_every_s
     if every < 0 or seconds < 0:
         raise ValueError(f"train.save_every={every}, train.save_every_s={seconds}: use 0 (off) or a positive number")
     return every, seconds
 
 
-def total_iterations(train, batches_per_epoch: int) -> tuple[int, int]:
+def total_iterations(train: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
     """(total updates, updates per epoch): train.iters when set, else train.epochs full passes."""
-    accum = int(train["accum"])
+    accum = train.accum
     if accum < 1:
         raise ValueError(f"train.accum={accum}: must be >= 1")
     per_epoch = max(1, batches_per_epoch // accum)
-    total = int(train["iters"]) if train["iters"] else int(train["epochs"]) * per_epoch
+    total = train.iters if train.iters else train.epochs * per_epoch
     if total < 1:
         raise ValueError("train.iters and train.epochs give no iteration to run; set one of them > 0")
     return total, per_epoch
@@ -178,17 +179,18 @@ class Training:
     channels_last: bool
 
 
-def _set_up(stage: Stage, loaders: tuple, cfg, ctx: D.DistContext, resume: dict | None) -> tuple[Training, int]:
+def _set_up(stage: Stage, loaders: tuple, cfg: Config, ctx: D.DistContext, resume: dict | None
+            ) -> tuple[Training, int]:
     """Models on the device (a resumed run's weights loaded before DDP wraps them), the batch stream,
     optimiser, schedule and AMP; also the updates per epoch."""
-    tc = cfg["train"]
-    channels_last = bool(tc["channels_last"]) and ctx.device.type == "cuda"  # a CPU slowdown, a GPU speed-up
+    tc = cfg.train
+    channels_last = tc.channels_last and ctx.device.type == "cuda"  # a CPU slowdown, a GPU speed-up
     stage.to(ctx.device, channels_last)
     if resume is not None:
         if resume.get("stage") != stage.name:
             raise ValueError(f"--resume: checkpoint is from the '{resume.get('stage')}' stage, not '{stage.name}'")
         stage.load_state_dict(resume["models"])
-    stage.distribute(ctx, bool(cfg["model"]["sync_bn"]))
+    stage.distribute(ctx, cfg.model.sync_bn)
     loader_l, loader_u = loaders
     stream = BatchStream(loader_l, loader_u if stage.uses_unlabelled else None)
     if stage.uses_unlabelled and loader_u is None:
@@ -196,9 +198,9 @@ def _set_up(stage: Stage, loaders: tuple, cfg, ctx: D.DistContext, resume: dict 
                          "data.unlabelled_list")
     total, per_epoch = total_iterations(tc, len(stream))
     optimizer = build_optimizer(stage.param_groups(), tc)
-    scheduler = build_scheduler(optimizer, total, float(tc["poly_power"]), int(tc.get("warmup_iters") or 0))
-    amp = build_amp(tc["amp"], ctx.device)
-    return Training(stage, stream, optimizer, scheduler, amp, ctx, total, int(tc["accum"]), channels_last), per_epoch
+    scheduler = build_scheduler(optimizer, total, tc.poly_power, tc.warmup_iters)
+    amp = build_amp(tc.amp, ctx.device)
+    return Training(stage, stream, optimizer, scheduler, amp, ctx, total, tc.accum, channels_last), per_epoch
 
 
 def optimisation_step(train: Training, state: TrainState, stop: _StopRequest,
@@ -252,7 +254,7 @@ def optimisation_step(train: Training, state: TrainState, stop: _StopRequest,
     return lr
 
 
-def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistContext | None = None,
+def fit(stage: Stage, loaders: tuple, cfg: Config, out_dir: str | Path, *, ctx: D.DistContext | None = None,
         val: Callable[[torch.nn.Module], float] | None = None, meta: dict | None = None,
         resume: dict | None = None) -> FitResult:
     """Train `stage` on `loaders` = (labelled, unlabelled | None) and write checkpoints to `out_dir`.
@@ -261,12 +263,12 @@ def fit(stage: Stage, loaders: tuple, cfg, out_dir: str | Path, *, ctx: D.DistCo
     sums the ranks' confusion matrices) and rank 0's score is the one used. `meta` ({"dataset_meta":
     {classes, palette}, "config"}) goes into best.pt; `resume` is a loaded last.pt.
     """
-    tc, ctx, out_dir = cfg["train"], ctx or D.DistContext(), Path(out_dir)
+    tc, ctx, out_dir = cfg.train, ctx or D.DistContext(), Path(out_dir)
     train, per_epoch = _set_up(stage, loaders, cfg, ctx, resume)
-    total, val_every, log_every = train.total, int(tc["val_every"]) or per_epoch, max(1, int(tc["log_every"]))
-    max_nonfinite, (save_every, save_every_s) = int(tc["max_nonfinite"]), save_intervals(tc)
+    total, val_every, log_every = train.total, tc.val_every or per_epoch, max(1, tc.log_every)
+    max_nonfinite, (save_every, save_every_s) = tc.max_nonfinite, save_intervals(tc)
     if resume is None:
-        seed_everything(int(tc["seed"]) + ctx.rank)
+        seed_everything(tc.seed + ctx.rank)
         state = TrainState()
     else:
         state = restore(train, resume)
@@ -330,7 +332,7 @@ def prepare_run_dir(out_dir: Path, resuming: bool, exist_ok: bool) -> None:
                           "overwrite it with --exist-ok, or choose another --out")
 
 
-def make_validator(cfg, dataset, ctx: D.DistContext,
+def make_validator(cfg: Config, dataset, ctx: D.DistContext,
                    figures: Path | None = None) -> Callable[[torch.nn.Module], float]:
     """`val(model) -> mIoU` (an `MIoU`: a float with its per-class IoU) over a labelled dataset (a `SegDataset`), with cfg.train's eval_mode,
     eval_crop, eval_stride and amp, to be called on every rank at once.
@@ -341,20 +343,18 @@ def make_validator(cfg, dataset, ctx: D.DistContext,
     whole validation (Cityscapes' 500 images in slide mode on one GPU), towards the process group's
     timeout; here the ranks wait only for the slowest shard.
     """
-    from igldt.evaluate import MODES, _pair, make_predictor
+    from igldt.evaluate import _pair, make_predictor
     from igldt.figures import SAMPLES, SampleKeeper, run_figure_paths, write_figures
     from igldt.metrics import MIoU, ConfusionMatrix, evaluate_predictor
-    d, tc = cfg["data"], cfg["train"]
-    mode, crop = tc["eval_mode"], tc["eval_crop"]
-    if mode not in MODES:  # refused before training, not at the first validation hours later
-        raise ValueError(f"train.eval_mode={mode!r}: choose one of {', '.join(MODES)}")
-    if mode != "whole":
+    d, tc = cfg.data, cfg.train
+    mode, crop = tc.eval_mode, tc.eval_crop
+    if mode != "whole":  # refused before training, not at the first validation hours later
         crop = _pair(crop, "train.eval_crop")
     n = len(dataset.classes)
     shard = dataset if ctx.world == 1 else dataset.subset(range(ctx.rank, len(dataset), ctx.world))
 
     def val(model: torch.nn.Module) -> MIoU:
-        predict = make_predictor(model, d["mean"], d["std"], mode, crop, tc["eval_stride"], ctx.device, tc["amp"])
+        predict = make_predictor(model, d.mean, d.std, mode, crop, tc.eval_stride, ctx.device, tc.amp)
         keep = SampleKeeper(SAMPLES if ctx.is_main else 0, len(shard))
         _, cm = evaluate_predictor(predict, shard, num_classes=n, center_crop=crop if mode == "center" else None,
                                    observe=keep)
@@ -373,7 +373,7 @@ def default_out_dir(stage: str) -> Path:
     return Path("runs") / stage
 
 
-def train(cfg, stage: str, out_dir: str | Path | None = None, *, teachers: str | Path | None = None,
+def train(cfg: Config, stage: str, out_dir: str | Path | None = None, *, teachers: str | Path | None = None,
           resume: str | Path | dict | None = None, device: str = "auto", exist_ok: bool = False) -> FitResult:
     """Train one stage from a config: data (checked), models, validation on data.val_split, `fit`.
 
@@ -396,13 +396,13 @@ def train(cfg, stage: str, out_dir: str | Path | None = None, *, teachers: str |
         if ctx.is_main:
             prepare_run_dir(out_dir, resume_ckpt is not None, exist_ok)
         D.barrier(ctx)
-        seed_everything(int(cfg["train"]["seed"]))  # identical model initialisation on every rank
+        seed_everything(cfg.train.seed)  # identical model initialisation on every rank
         loaders = build_train_loaders(cfg, ctx.rank, ctx.world)  # refuses data with problems
-        val_set = build_val_set(cfg)
+        val_set = build_val_set(cfg.data)
         classes = list(val_set.classes)
         built = build_stage(cfg, stage, len(classes), teachers)
         val = make_validator(cfg, val_set.ds, ctx, figures=out_dir)
-        meta = {"dataset_meta": {"classes": classes, "palette": val_set.ds.palette}, "config": dict(cfg)}
+        meta = {"dataset_meta": {"classes": classes, "palette": val_set.ds.palette}, "config": cfg}
         return fit(built, loaders, cfg, out_dir, ctx=ctx, val=val, meta=meta, resume=resume_ckpt)
     finally:
         D.teardown(ctx)

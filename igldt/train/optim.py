@@ -7,15 +7,16 @@ from dataclasses import dataclass
 
 import torch
 
+from igldt.config import TrainConfig
 
-def build_optimizer(groups: list[dict], train) -> torch.optim.SGD:
+
+def build_optimizer(groups: list[dict], train: TrainConfig) -> torch.optim.SGD:
     """SGD over parameter groups; a group's `lr_mult` (head groups: train.head_lr_mult) scales train.lr."""
     params = []
     for g in groups:
-        mult = float(g.get("lr_mult", 1.0))
-        params.append({**g, "lr_mult": mult, "lr": float(train["lr"]) * mult})
-    return torch.optim.SGD(params, lr=float(train["lr"]), momentum=float(train["momentum"]),
-                           weight_decay=float(train["weight_decay"]))
+        mult = float(g.get("lr_mult", 1.0))  # a parameter group's own key, not a config value
+        params.append({**g, "lr_mult": mult, "lr": train.lr * mult})
+    return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
 
 
 def poly_factor(iteration: int, total: int, power: float, warmup: int = 0) -> float:
@@ -46,11 +47,9 @@ class Amp:
         return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
 
-def build_amp(mode, device: torch.device) -> Amp:
+def build_amp(mode: str, device: torch.device) -> Amp:
     """train.amp: auto (bf16 where the GPU supports it, else fp16) | bf16 | fp16 | off. CUDA only.
-
-    YAML reads a bare `off` as false (and `on` as true), so False/None mean off and True auto."""
-    mode = {False: "off", None: "off", True: "auto"}.get(mode, mode) if not isinstance(mode, str) else mode
+    (The config reads YAML's bare `off`/`on`, booleans, as off/auto when it loads.)"""
     if mode not in ("auto", "bf16", "fp16", "off"):
         raise ValueError(f"train.amp={mode!r}: choose auto, bf16, fp16 or off")
     dtype = None

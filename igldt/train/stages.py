@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from igldt import losses as L
+from igldt.config import Config
 from igldt.train.distributed import DistContext, unwrap, wrap
 
 Outputs = dict  # {"logits": B x N x H x W, "features": B x C x h x w}
@@ -83,12 +84,12 @@ class Stage:
     uses_unlabelled = False
     mixes = False  # uses data.cutmix's boxes (the teachers' CPS); the other stages refuse it
 
-    def __init__(self, cfg, trainable: dict[str, nn.Module]):
-        if self.uses_unlabelled and cfg["data"]["cutmix"] and not self.mixes:
+    def __init__(self, cfg: Config, trainable: dict[str, nn.Module]):
+        if self.uses_unlabelled and cfg.data.cutmix and not self.mixes:
             raise ValueError(f"data.cutmix: the {self.name} stage has no CutMix in its losses (METHOD.md; only the "
                              "teachers' CPS can use it); set data.cutmix=false for this stage")
         self.cfg = cfg
-        self.opts = L.LossConfig.from_cfg(cfg["method"])
+        self.opts = L.LossConfig.from_cfg(cfg.method)
         self._raw = dict(trainable)
         self.run: dict[str, nn.Module] = dict(trainable)  # what step() calls: DDP-wrapped when distributed
         self.frozen: dict[str, nn.Module] = {}
@@ -123,9 +124,7 @@ class Stage:
         return [g for k, m in self.modules().items() for g in _groups(m, k, mult, att)]
 
     def _lr_mults(self) -> tuple[float, float | None]:
-        tc = self.cfg["train"]
-        att = tc.get("attention_lr_mult")
-        return float(tc["head_lr_mult"]), None if att is None else float(att)
+        return self.cfg.train.head_lr_mult, self.cfg.train.attention_lr_mult
 
     def step(self, batch_l: dict, batch_u: dict | None, iteration: int) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
@@ -172,7 +171,7 @@ class SupervisedStage(Stage):
     name, kind = "supervised", "supervised"
     uses_unlabelled = False
 
-    def __init__(self, cfg, student: nn.Module):
+    def __init__(self, cfg: Config, student: nn.Module):
         super().__init__(cfg, {"student": student})
 
     def step(self, batch_l, batch_u, iteration):
@@ -187,7 +186,7 @@ class TeachersStage(Stage):
     name, kind = "teachers", "teachers"
     uses_unlabelled, mixes = True, True
 
-    def __init__(self, cfg, global_teacher: nn.Module, local_teacher: nn.Module):
+    def __init__(self, cfg: Config, global_teacher: nn.Module, local_teacher: nn.Module):
         super().__init__(cfg, {"teachers": TeacherPair(global_teacher, local_teacher)})
 
     def param_groups(self) -> list[dict]:
@@ -280,7 +279,7 @@ class StudentStage(Stage):
     uses_unlabelled = True
     teachers_path: str | None = None
 
-    def __init__(self, cfg, student: nn.Module, global_teacher: nn.Module, local_teacher: nn.Module):
+    def __init__(self, cfg: Config, student: nn.Module, global_teacher: nn.Module, local_teacher: nn.Module):
         super().__init__(cfg, {"student": student})
         self.frozen = {"global": Frozen(global_teacher), "local": Frozen(local_teacher)}
         self.aligner = Aligner(student.num_classes) if self.opts.align else None
@@ -321,7 +320,7 @@ class StudentStage(Stage):
 STAGES = {"supervised": SupervisedStage, "teachers": TeachersStage, "student": StudentStage}
 
 
-def build_stage(cfg, name: str, num_classes: int, teachers: str | None = None) -> Stage:
+def build_stage(cfg: Config, name: str, num_classes: int, teachers: str | None = None) -> Stage:
     """The stage `name` with its models built from `cfg.model` (the student stage loads both
     teachers from the teachers checkpoint `teachers`, whose arch it reads from the file)."""
     from igldt.models import build_role

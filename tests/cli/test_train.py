@@ -37,29 +37,29 @@ def test_flags_set_their_keys_over_the_preset(tmp_path, calls):
                        "--imgsz", 64, 96, "--lr", 0.02, "--workers", 0, "--seed", 5, "-o", "train.poly_power=0.8")
     assert code == 0, out
     (call,) = calls
-    t, d = call["cfg"]["train"], call["cfg"]["data"]
-    assert (t["iters"], t["batch_size"], t["lr"], t["seed"], d["crop"], d["workers"]) == (7, 3, 0.02, 5, [64, 96], 0)
-    assert t["poly_power"] == 0.8  # -o still sets any other key
-    assert d["mean"] == [0.5, 0.5, 0.5] and t["val_every"] == 600  # the rest comes from the preset
+    t, d = call["cfg"].train, call["cfg"].data
+    assert (t.iters, t.batch_size, t.lr, t.seed, d.crop, d.workers) == (7, 3, 0.02, 5, (64, 96), 0)
+    assert t.poly_power == 0.8  # -o still sets any other key
+    assert d.mean == (0.5, 0.5, 0.5) and t.val_every == 600  # the rest comes from the preset
     # the next step repeats the flags as typed
     assert "--preset camvid-cpu --iters 7 --batch 3 --imgsz 64x96 --lr 0.02 --workers 0 --seed 5 -o train.poly_power=0.8" in out
 
 
 def test_epochs_replaces_a_presets_iteration_count(tmp_path, calls):
-    assert load_config("camvid-cpu")["train"]["iters"] == 600  # iters would win over epochs
+    assert load_config("camvid-cpu").train.iters == 600  # iters would win over epochs
     code, out = invoke(tmp_path, "--stage", "supervised", "--preset", "camvid-cpu", "--epochs", 3)
     assert code == 0, out
-    t = calls[0]["cfg"]["train"]
-    assert t["epochs"] == 3 and t["iters"] is None
+    t = calls[0]["cfg"].train
+    assert t.epochs == 3 and t.iters is None
 
 
-@pytest.mark.parametrize("value, crop", [("64", [64, 64]), ("64x96", [64, 96]), ("64X96", [64, 96]),
-                                         ("64,96", [64, 96]), (["64", "96"], [64, 96])])
+@pytest.mark.parametrize("value, crop", [("64", (64, 64)), ("64x96", (64, 96)), ("64X96", (64, 96)),
+                                         ("64,96", (64, 96)), (["64", "96"], (64, 96))])
 def test_imgsz_forms(tmp_path, calls, value, crop):
     values = value if isinstance(value, list) else [value]
     code, out = invoke(tmp_path, "--stage", "supervised", "--preset", "demo", "--imgsz", *values, "--seed", 1)
     assert code == 0, out
-    assert calls[0]["cfg"]["data"]["crop"] == crop and calls[0]["cfg"]["train"]["seed"] == 1
+    assert calls[0]["cfg"].data.crop == crop and calls[0]["cfg"].train.seed == 1
 
 
 @pytest.mark.parametrize("args, flag", [
@@ -89,11 +89,11 @@ def test_conflicts_are_refused(tmp_path, calls, args, match):
 def test_flags_apply_over_a_resumed_runs_config(tmp_path, calls):
     cfg = load_config("demo", ["train.iters=10", "train.lr=0.03"])
     last = save_checkpoint(tmp_path / "old" / "last.pt", {"format": "igldt/1", "kind": "resume", "stage": "supervised",
-                                                          "config": dict(cfg)})
+                                                          "config": cfg.to_dict()})
     code, out = invoke(tmp_path, "--stage", "supervised", "--resume", last, "--iters", 40)
     assert code == 0, out
-    t = calls[0]["cfg"]["train"]
-    assert t["iters"] == 40 and t["lr"] == 0.03 and calls[0]["resume"]["kind"] == "resume"
+    t = calls[0]["cfg"].train
+    assert t.iters == 40 and t.lr == 0.03 and calls[0]["resume"]["kind"] == "resume"
 
 
 def test_help_lists_the_flags(calls):
@@ -113,5 +113,5 @@ def test_each_stage_gets_its_presets_stage_section(tmp_path, calls):
         code, out = invoke(tmp_path, "--stage", stage, "--preset", "camvid-cpu", "--exist-ok")
         assert code == 0, out
     teachers, supervised = (c["cfg"] for c in calls)
-    assert (teachers["train"]["iters"], teachers["method"]["cps_warmup"]) == (1200, 600)
-    assert (supervised["train"]["iters"], supervised["method"]["cps_warmup"]) == (600, 0)
+    assert (teachers.train.iters, teachers.method.cps_warmup) == (1200, 600)
+    assert (supervised.train.iters, supervised.method.cps_warmup) == (600, 0)

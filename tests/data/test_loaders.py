@@ -70,25 +70,25 @@ def test_ranks_shard_one_order(demo_root):
 
 
 def test_split_sources(demo_root, tmp_path):
-    lab, unl = train_datasets(cfg(demo_root))
+    lab, unl = train_datasets(cfg(demo_root).data)
     assert (len(lab), len(unl)) == (2, 6)
     # the demo's split files equal the seeded split of the same fraction and seed
     assert sorted(lab.ids) == read_split_file(demo_root / "splits" / "labeled.txt")
-    lab2, unl2 = train_datasets(cfg(demo_root, labelled_list=str(demo_root / "splits" / "labeled.txt")))
+    lab2, unl2 = train_datasets(cfg(demo_root, labelled_list=str(demo_root / "splits" / "labeled.txt")).data)
     assert lab2.ids == sorted(lab.ids) and sorted(unl2.ids) == sorted(unl.ids)
     (tmp_path / "u.txt").write_text("train_0001\n")
-    assert train_datasets(cfg(demo_root, count=1, unlabelled_list=str(tmp_path / "u.txt")))[1].ids == ["train_0001"]
-    sup_lab, sup_unl = train_datasets(cfg(demo_root, fraction=None))
+    assert train_datasets(cfg(demo_root, count=1, unlabelled_list=str(tmp_path / "u.txt")).data)[1].ids == ["train_0001"]
+    sup_lab, sup_unl = train_datasets(cfg(demo_root, fraction=None).data)
     assert len(sup_lab) == 8 and sup_unl is None
     loaders = build_train_loaders(cfg(demo_root, fraction=None))
     assert loaders[1] is None and len(loaders[0].dataset) == 8
     (tmp_path / "l.txt").write_text("train_0001\n")
     with pytest.raises(DataError, match="both the labelled and unlabelled"):
-        train_datasets(cfg(demo_root, labelled_list=str(tmp_path / "l.txt"), unlabelled_list=str(tmp_path / "u.txt")))
+        train_datasets(cfg(demo_root, labelled_list=str(tmp_path / "l.txt"), unlabelled_list=str(tmp_path / "u.txt")).data)
 
 
 def test_val_set_whole_images(demo_root):
-    val = build_val_set(cfg(demo_root))
+    val = build_val_set(cfg(demo_root).data)
     assert isinstance(val, EvalSet) and len(val) == 2 and len(val.classes) == 7
     s = val[0]
     assert s["image"].shape == (3, 48, 64) and s["mask"].shape == (48, 64) and s["mask"].dtype == torch.int64

@@ -13,6 +13,7 @@ pytest.importorskip("onnxruntime")
 from click.testing import CliRunner  # noqa: E402
 
 from igldt.cli.main import cli  # noqa: E402
+from igldt.config import load_config  # noqa: E402
 from igldt.export.onnx import ExportError  # noqa: E402
 from igldt.export.parity import compare  # noqa: E402
 from igldt.export.pipeline import run_export  # noqa: E402
@@ -45,9 +46,9 @@ def train_student(root, demo, backbone: str = "resnet18", steps: int = 25, mean=
         loss.backward()
         opt.step()
     model.eval()
-    cfg = {"data": {"dataset": "demo", "root": str(demo), "train_split": "train", "val_split": "val",
-                    "crop": [96, 128], "fraction": 0.25, "count": None, "split_seed": 0,
-                    "labelled_list": None, "unlabelled_list": None}}
+    cfg = load_config(None, data={"dataset": "demo", "root": str(demo), "train_split": "train", "val_split": "val",
+                                  "crop": [96, 128], "fraction": 0.25, "count": None, "split_seed": 0,
+                                  "labelled_list": None, "unlabelled_list": None})
     meta = {"classes": train.classes, "palette": train.palette, "mean": mean.tolist(), "std": std.tolist()}
     ckpt = save_checkpoint(root / "student.pt", student_payload(model, None, meta, cfg))
     return {"root": root, "ckpt": ckpt, "val": val, "demo": demo}
@@ -225,8 +226,9 @@ def test_evaluate_parity_cli(trained, fp32, tmp_path):
     from igldt.models import build_segmenter
     torch.manual_seed(1)
     raw = build_segmenter("resnet18", len(trained["val"].classes), 16)
-    bad = save_checkpoint(tmp_path / "untrained.pt", student_payload(raw, None, {"classes": trained["val"].classes},
-                                                                     {"data": {"dataset": "demo", "root": str(trained["demo"])}}))
+    recorded = load_config(None, data={"dataset": "demo", "root": str(trained["demo"])})
+    bad = save_checkpoint(tmp_path / "untrained.pt",
+                          student_payload(raw, None, {"classes": trained["val"].classes}, recorded))
     fail = run.invoke(cli, ["evaluate", "--engine", str(bad), "--reference", str(trained["ckpt"]),
                             "--out", str(tmp_path / "fail.json")])
     assert fail.exit_code == 1 and "FAIL" in fail.output

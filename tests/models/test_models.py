@@ -99,14 +99,13 @@ SMALL_ROLES = ["model.student={backbone: resnet18}", "model.global_teacher={back
 
 def test_roles_and_teacher_ablations():
     cfg = load_config("demo", SMALL_ROLES)
-    assert role_spec(cfg, "student")["backbone"] == "resnet18"
-    assert teacher_backbones(cfg) == {"global": dict(cfg["model"]["global_teacher"]),
-                                      "local": dict(cfg["model"]["local_teacher"])}
+    assert role_spec(cfg, "student").backbone == "resnet18"
+    assert teacher_backbones(cfg) == {"global": cfg.model.global_teacher, "local": cfg.model.local_teacher}
     g = load_config("demo", SMALL_ROLES + ["model.teachers=dual-global"])
-    assert {s["backbone"] for s in teacher_backbones(g).values()} == {"swin_nano"}
+    assert {s.backbone for s in teacher_backbones(g).values()} == {"swin_nano"}
     l = load_config("demo", SMALL_ROLES + ["model.teachers=dual-local"])
-    assert {s["backbone"] for s in teacher_backbones(l).values()} == {"resnet18"}
-    assert role_spec(l, "global_teacher")["backbone"] == "resnet18"
+    assert {s.backbone for s in teacher_backbones(l).values()} == {"resnet18"}
+    assert role_spec(l, "global_teacher").backbone == "resnet18"
     with pytest.raises(ValueError, match="model.teachers"):
         teacher_backbones(load_config("demo", SMALL_ROLES + ["model.teachers=triple"]))
     with pytest.raises(ValueError, match="role"):

@@ -66,7 +66,7 @@ def student(state=None):
 
 def run(out: Path, ctx: D.DistContext) -> StudentStage:
     cfg = config(iters=ITERS, batch_size=GLOBAL_BATCH, global_batch=True, save_every_s=500)
-    per_rank = per_rank_batch(cfg["train"], ctx.world)
+    per_rank = per_rank_batch(cfg.train, ctx.world)
     assert per_rank == GLOBAL_BATCH // ctx.world
 
     def loader(ds, seed):

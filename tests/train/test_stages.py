@@ -44,8 +44,8 @@ def test_each_stage_writes_export_ready_best_and_resumable_last(runs):
     assert sup.arch["backbone"] == "tf_efficientnet_lite0" and sup.arch["head"] == "separable"
     g, r, meta = load_teachers(base / "teachers" / "best.pt")
     roles = load_config("demo").model  # the networks the demo preset names, as built and saved
-    assert g.arch["backbone"] == roles.global_teacher["backbone"] and g.arch["attention"] == 2
-    assert r.arch["backbone"] == roles.local_teacher["backbone"] and r.arch["attention"] == 0
+    assert g.arch["backbone"] == roles.global_teacher.backbone and g.arch["attention"] == 2
+    assert r.arch["backbone"] == roles.local_teacher.backbone and r.arch["attention"] == 0
     assert len(meta["classes"]) == 7
     val = [r for r in read_metrics(base / "teachers" / "metrics.jsonl") if "val" in r][-1]["val"]
     assert {"miou_global", "miou_local", "miou_ensemble"} <= set(val)
@@ -73,7 +73,7 @@ def test_each_stage_writes_export_ready_best_and_resumable_last(runs):
 def test_camvid_preset_trains_on_the_demo_models(runs, tmp_path):
     """camvid-cpu builds the demo's networks (one recipe): a tiny supervised run of it on tiny data."""
     from igldt.config import load_config
-    assert load_config("camvid-cpu")["model"] == load_config("demo")["model"]
+    assert load_config("camvid-cpu").model == load_config("demo").model
     _, root, _ = runs
     args = [a if a != "demo" else "camvid-cpu" for a in opts(root)] + ["-o", "data.dataset=demo",
                                                                           "-o", f"data.root={root}"]
@@ -128,7 +128,7 @@ def test_cps_pair_is_symmetric():
             m.p = 0.0  # dropout draws differ between the two forwards by design
     stage = TeachersStage(cfg, g, r)
     stage.train()
-    opt = build_optimizer(stage.param_groups(), cfg["train"])
+    opt = build_optimizer(stage.param_groups(), cfg.train)
     sched = build_scheduler(opt, 4, 0.9)
     gen = torch.Generator().manual_seed(0)
     for t in (1, 2):
