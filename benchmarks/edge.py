@@ -6,8 +6,9 @@
 For torch eager (fp32 and bf16), ONNX Runtime fp32 and ONNX Runtime INT8 (exported here with
 `igldt export`, calibrated on the checkpoint's unlabelled training pool): p50/p90 latency of one
 360x480 frame (pre + inference + post, batch 1), end-to-end FPS of `igldt infer`'s threaded
-pipeline on a video made of the val frames (decode -> segment -> annotated video), mIoU on CamVid
-val, GFLOP per frame and the GFLOP/s each path reaches; then each ratio and each target of the edge
+pipeline on a video made of the val frames (decode -> segment -> annotated video) with `--workers`
+frames in flight (each on threads/workers cores) against the inference-only FPS of that same
+configuration on in-memory frames, mIoU on CamVid val, GFLOP per frame and the GFLOP/s each path reaches; then each ratio and each target of the edge
 issue with PASS/FAIL. Run it on idle cores: every other process changes the figures.
 
 `--imgsz H W` runs the network at H x W (the runtime resizes each frame and returns its mask at
@@ -47,18 +48,20 @@ def gflop_per_frame(weights: Path, size: tuple[int, int]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def val_video(ds, path: Path, fps: float = 30.0) -> Path:
-    """The val frames in order as an mp4 (CamVid val is two driving sequences: real decode work)."""
+def val_video(ds, path: Path, fps: float = 30.0, repeat: int = 3) -> Path:
+    """The val frames in order as an mp4, `repeat` times (CamVid val is two driving sequences: real
+    decode work; ~300 frames make a run of seconds, long enough to time)."""
     first = ds.load_image(0)
     out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (first.shape[1], first.shape[0]))
-    for i in range(len(ds)):
-        out.write(cv2.cvtColor(ds.load_image(i), cv2.COLOR_RGB2BGR))
+    for _ in range(repeat):
+        for i in range(len(ds)):
+            out.write(cv2.cvtColor(ds.load_image(i), cv2.COLOR_RGB2BGR))
     out.release()
     return path
 
 
-def end_to_end_fps(predictor, video: Path, out_dir: Path) -> float:
-    """`igldt infer video --save-video`: decode, segment and write the annotated video, threaded."""
+def end_to_end_fps(predictor, video: Path, out_dir: Path, workers: int = 1) -> float:
+    """`igldt infer video --save-video [--workers N]`: decode, segment and write the annotated video, threaded."""
     from igldt.runtime.pipeline import run_pipeline
     from igldt.runtime.sinks import ResultWriter
     from igldt.runtime.sources import open_source
@@ -66,7 +69,7 @@ def end_to_end_fps(predictor, video: Path, out_dir: Path) -> float:
     src = open_source(video)
     sink = ResultWriter(out_dir, predictor.palette, video=True, fps=src.fps)
     try:
-        stats = run_pipeline(src, predictor, sink, batch=1, video_name="val")
+        stats = run_pipeline(src, predictor, sink, batch=1, video_name="val", workers=workers)
     finally:
         sink.close()
     return stats.fps
@@ -89,6 +92,8 @@ def main() -> None:
     ap.add_argument("--weights", required=True, type=Path, help="the edge student's best.pt")
     ap.add_argument("--data", required=True, help="CamVid root (val split scored, val frames timed)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2,
+                    help="video: frames segmented at once (igldt infer --workers), each with threads/workers engine threads")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--limit", type=int, default=None, help="val images scored for mIoU (default: all 101)")
     ap.add_argument("--calib-method", default="minmax", help="minmax (percentile and entropy keep a histogram of every activation: >20 GB at 360x480)")
@@ -97,8 +102,8 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="network input size, multiples of 32 (default: the frame's, padded: 368x480)")
     ap.add_argument("--edge-graph", action="store_true",
-                    help="ONNX graphs as deployed on an edge box: argmax inside (--output labels) and the "
-                         "normalisation too (--bake-preprocess), so the CPU around the network does less")
+                    help="ONNX graphs with the argmax inside (--output labels): ORT's ArgMax takes 0.3 ms where "
+                         "numpy's takes 1.2 (the normalisation stays outside: baked in, it cost 1.3 ms against 0.2)")
     a = ap.parse_args()
     net = tuple(a.imgsz) if a.imgsz else None
 
@@ -108,7 +113,7 @@ def main() -> None:
     from igldt.export.parity import engine_miou
     from igldt.export.pipeline import run_export
     from igldt.runtime import Predictor
-    from igldt.runtime.bench import measure_latency
+    from igldt.runtime.bench import measure_latency, measure_throughput
 
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +127,7 @@ def main() -> None:
     quiet = lambda *_: None
     shape = {"imgsz": net, "dynamic": False} if net else {"imgsz": (368, 480)}
     if a.edge_graph:
-        shape.update(output="labels", bake_preprocess=True)
+        shape.update(output="labels")
     if not fp32.exists():
         run_export(a.weights, "onnx", "fp32", out=fp32, check_count=0, echo=quiet, **shape)
     if not int8.exists():
@@ -131,41 +136,49 @@ def main() -> None:
     # The full-size fp32 model's mIoU: what a smaller network size must stay within 1 point of.
     full_miou = engine_miou(Predictor(a.weights, device="cpu"), ds, a.limit) if net else None
 
-    paths = {"torch eager fp32": lambda: Predictor(a.weights, device="cpu", imgsz=net),
-             "ORT fp32": lambda: Predictor(fp32, device="cpu", threads=a.threads),
-             "ORT INT8": lambda: Predictor(int8, device="cpu", threads=a.threads)}
+    per_worker = max(1, a.threads // a.workers)
+    paths = {"torch eager fp32": lambda threads: Predictor(a.weights, device="cpu", imgsz=net),
+             "ORT fp32": lambda threads: Predictor(fp32, device="cpu", threads=threads),
+             "ORT INT8": lambda threads: Predictor(int8, device="cpu", threads=threads)}
     if not a.skip_bf16:
-        paths["torch eager bf16"] = lambda: torch_bf16(a.weights, net)
+        paths["torch eager bf16"] = lambda threads: torch_bf16(a.weights, net)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         video = val_video(ds, Path(tmp) / "camvid_val.mp4")
         for name, make in paths.items():
-            p = make()
+            torch.set_num_threads(a.threads)
+            p = make(a.threads)
             lat = measure_latency(p, frames, a.runs, warmup=5)
-            fps = end_to_end_fps(p, video, Path(tmp) / name.replace(" ", "_"))
             miou = engine_miou(p, ds, a.limit)
-            rows[name] = {**lat, "video_fps": fps, "miou": miou, "gflop": gflop, "gflops": gflop / (lat["infer_p50_ms"] / 1e3)}
-            print(f"{name:18s} p50 {lat['p50_ms']:6.1f} ms  p90 {lat['p90_ms']:6.1f} ms  video {fps:5.1f} FPS  "
-                  f"mIoU {100 * miou:5.2f}  {rows[name]['gflops']:5.0f} GFLOP/s", flush=True)
+            torch.set_num_threads(per_worker)  # the torch paths' share of the cores, like ORT's
+            pv = make(per_worker) if a.workers > 1 else p
+            infer_fps = measure_throughput(pv, frames, a.workers)
+            fps = end_to_end_fps(pv, video, Path(tmp) / name.replace(" ", "_"), a.workers)
+            rows[name] = {**lat, "video_fps": fps, "infer_fps": infer_fps, "miou": miou, "gflop": gflop,
+                          "gflops": gflop / (lat["infer_p50_ms"] / 1e3)}
+            print(f"{name:18s} p50 {lat['p50_ms']:6.1f} ms  p90 {lat['p90_ms']:6.1f} ms  inference-only {infer_fps:5.1f} FPS  "
+                  f"video {fps:5.1f} FPS  mIoU {100 * miou:5.2f}  {rows[name]['gflops']:5.0f} GFLOP/s", flush=True)
 
     t, f, q = rows["torch eager fp32"], rows["ORT fp32"], rows["ORT INT8"]
     refs = [f["miou"]] + ([full_miou] if full_miou is not None else [])
     fastest_ok = max((r for r in rows.values() if all(abs(r["miou"] - m) * 100 <= 1.0 for m in refs)),
-                     key=lambda r: r["video_fps"], default={"video_fps": 0.0})
+                     key=lambda r: r["video_fps"], default={"video_fps": 0.0, "infer_fps": 0.0})
     targets = {
         "ORT fp32 >= 1.25x torch eager": t["p50_ms"] / f["p50_ms"] >= 1.25,
         ">= 30 FPS end to end (fastest path within 1 mIoU of fp32)": fastest_ok["video_fps"] >= 30,
+        "video >= 90% of its inference-only FPS (that path)": fastest_ok["video_fps"] >= 0.9 * fastest_ok.get("infer_fps", 0),
         "INT8 >= 2x its fp32": f["p50_ms"] / q["p50_ms"] >= 2.0,
         "INT8 |dmIoU| <= 1.0": abs(q["miou"] - f["miou"]) * 100 <= 1.0,
     }
     where = f"network at {net[0]}x{net[1]}, masks at 360x480" if net else "360x480 frame"
-    print(f"\nGFLOP per {where}: {gflop:.2f}; threads {a.threads}"
+    print(f"\nGFLOP per {where}: {gflop:.2f}; threads {a.threads}; video and inference-only FPS with "
+          f"{a.workers} worker(s) x {per_worker if a.workers > 1 else a.threads} thread(s)"
           + (f"; full-size fp32 mIoU {100 * full_miou:.2f}" if full_miou is not None else ""))
     print(f"ORT fp32 / torch: {t['p50_ms'] / f['p50_ms']:.2f}x   INT8 / ORT fp32: {f['p50_ms'] / q['p50_ms']:.2f}x   "
           f"INT8 dmIoU {100 * (q['miou'] - f['miou']):+.2f}")
     for k, ok in targets.items():
         print(f"{'PASS' if ok else 'FAIL'}  {k}")
-    report = {"weights": str(a.weights), "threads": a.threads, "size": SIZE, "network_size": net or SIZE,
+    report = {"weights": str(a.weights), "threads": a.threads, "workers": a.workers, "size": SIZE, "network_size": net or SIZE,
               "full_size_fp32_miou": full_miou, "gflop": gflop, "rows": rows,
               "targets": targets, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (a.out / f"edge{tag}.json").write_text(json.dumps(report, indent=1))

@@ -2,6 +2,7 @@
 ONNX Runtime (CPU, or the CUDA EP with onnxruntime-gpu), TensorRT (+ cuda-python), torch (only for .pt)."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,7 @@ class TensorRTBackend:
             raise DeployError(f"model file {path} is not a TensorRT engine for TensorRT {trt.__version__} on this GPU "
                               f"(engines are tied to the TensorRT version and GPU); rebuild it with igldt export --format trt")
         self.context = self.engine.create_execution_context()
+        self._run_lock = threading.Lock()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -139,8 +141,13 @@ class TensorRTBackend:
         return ptr
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        # One execution context, stream and set of buffers: pipeline workers take turns on the GPU (their
+        # pre- and post-processing still overlap).
+        with self._run_lock:
+            return self._run(np.ascontiguousarray(x, dtype=self.in_dtype))
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         cudart = self.cudart
-        x = np.ascontiguousarray(x, dtype=self.in_dtype)
         mn, mx = self.profile
         if any(s < a or s > b for s, a, b in zip(x.shape, mn, mx)):
             raise DeployError(f"input {tuple(x.shape)} is outside the engine's profile {mn}..{mx}; "

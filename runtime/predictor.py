@@ -1,6 +1,7 @@
 """`Predictor`: one call from RGB frames to label maps, whatever engine sits behind the artefact."""
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -30,7 +31,8 @@ class Predictor:
     `predict_logits(images)` returns CxHxW float32 (not available for graphs exported with
     `--output labels`). Images are padded bottom/right to the stride and cropped back, exactly
     as evaluation in training does; same-sized images are batched `batch` at a time.
-    `timing` holds the last call's pre/infer/post milliseconds.
+    `timing` holds the last call's pre/infer/post milliseconds, per thread: a pipeline may call one
+    Predictor from several threads at once (ONNX Runtime, TensorRT contexts and torch allow it).
 
     `imgsz` sets the size the network sees; results always come back at each image's own size:
     None = the image's size (a static engine: its fixed size); an int L = images whose longer side
@@ -91,7 +93,12 @@ class Predictor:
             recorded = m["input"].get("imgsz")
             imgsz = max(recorded) if recorded else None
         self.imgsz = check_imgsz(imgsz)
-        self.timing = {"pre": 0.0, "infer": 0.0, "post": 0.0}
+        self._local = threading.local()
+
+    @property
+    def timing(self) -> dict:
+        """This thread's last call: pre, infer and post milliseconds."""
+        return getattr(self._local, "timing", {"pre": 0.0, "infer": 0.0, "post": 0.0})
 
     # ------------------------------------------------------------------ helpers
     def network_size(self, h: int, w: int) -> tuple[int, int]:
@@ -146,7 +153,7 @@ class Predictor:
                     results[i] = resize_result(results[i], sources[i].shape[:2])
                 t3 = time.perf_counter()
                 pre, inf, post = pre + t1 - t0, inf + t2 - t1, post + t3 - t2
-        self.timing = {"pre": pre * 1e3, "infer": inf * 1e3, "post": post * 1e3}
+        self._local.timing = {"pre": pre * 1e3, "infer": inf * 1e3, "post": post * 1e3}
         return results  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ API

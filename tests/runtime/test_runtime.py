@@ -200,6 +200,76 @@ def test_video_pipeline_writes_annotated_video(model, tmp_path):
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 12
 
 
+class _Recorder:
+    """A sink that keeps the order frames arrive in."""
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    def write(self, frame, labels, video_name):
+        self.names.append(frame.name)
+
+
+def test_workers_segment_in_parallel_and_write_in_source_order(model, tmp_path, monkeypatch):
+    """--workers: several inference threads, each result the one of its own frame, written in order
+    even when a later frame finishes first (the first calls are slowed down here)."""
+    video = _write_video(tmp_path / "v.mp4", n=17)
+    p = Predictor(model, device="cpu", threads=1)
+    frames = list(open_source(video))
+    run, calls = p.backend.run, []
+
+    def uneven(x):  # the first batches finish last
+        calls.append(1)
+        time.sleep(0.05 if len(calls) <= 2 else 0.0)
+        return run(x)
+
+    monkeypatch.setattr(p.backend, "run", uneven)
+    sink = _Recorder()
+    stats = run_pipeline(open_source(video), p, sink, batch=2, video_name="v", workers=3)
+    assert stats.frames == 17 and sink.names == [f.name for f in frames]
+    monkeypatch.setattr(p.backend, "run", run)
+    got = {}
+
+    class Keep(_Recorder):
+        def write(self, frame, labels, video_name):
+            got[frame.name] = labels
+
+    run_pipeline(open_source(video), p, Keep(), batch=1, workers=2)
+    for f in frames:  # each frame's own labels, not a neighbour's
+        np.testing.assert_array_equal(got[f.name], p.predict([f.image])[0])
+
+
+def test_throughput_calls_predict_on_every_frame_from_each_worker():
+    from igldt.runtime.bench import measure_throughput
+
+    class Counting:
+        def __init__(self):
+            self.sizes, self.threads = [], set()
+
+        def predict(self, images):
+            import threading
+            self.sizes.append(len(images))
+            self.threads.add(threading.get_ident())
+            time.sleep(0.002)
+            return [np.zeros(im.shape[:2], np.uint8) for im in images]
+
+    p = Counting()
+    fps = measure_throughput(p, [rand_img(8, 8)], workers=2, frames=20, batch=3)
+    assert fps > 0 and sum(p.sizes[-7:]) == 20 and max(p.sizes) == 3 and len(p.threads) == 2
+
+
+def test_a_failing_worker_stops_the_run_with_its_error(model, tmp_path, monkeypatch):
+    video = _write_video(tmp_path / "v.mp4", n=9)
+    p = Predictor(model, device="cpu", threads=1)
+
+    def broken(x):
+        raise DeployError("engine exploded")
+
+    monkeypatch.setattr(p.backend, "run", broken)
+    with pytest.raises(DeployError, match="engine exploded"):
+        run_pipeline(open_source(video), p, _Recorder(), workers=2)
+
+
 def _frame_count(path: Path) -> int:
     cap, n = cv2.VideoCapture(str(path)), 0
     while cap.read()[0]:
@@ -349,7 +419,7 @@ def test_infer_cli_numbered_runs_and_errors(model, tmp_path):
     base = ["--model", str(model), "--device", "cpu", "--out", str(tmp_path / "runs" / "exp")]
     r1 = run.invoke(cli, ["infer", str(tmp_path / "f*.jpg"), *base, "--save-overlay"])
     assert r1.exit_code == 0, r1.output
-    r2 = run.invoke(cli, ["infer", str(video), *base, "--save-video", "--vid-stride", "2"])
+    r2 = run.invoke(cli, ["infer", str(video), *base, "--save-video", "--vid-stride", "2", "--workers", "2"])
     assert r2.exit_code == 0, r2.output
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["exp", "exp2"]  # nothing overwritten
     assert len(list((tmp_path / "runs" / "exp" / "overlays").glob("*.jpg"))) == 2
@@ -361,6 +431,8 @@ def test_infer_cli_numbered_runs_and_errors(model, tmp_path):
     assert bad.exit_code != 0 and "none.onnx not found" in bad.output and len(bad.output.strip().splitlines()) == 1
     cam = run.invoke(cli, ["infer", "99", *base])
     assert cam.exit_code != 0 and "camera 99" in cam.output
+    none = run.invoke(cli, ["infer", str(video), *base, "--workers", "0"])
+    assert none.exit_code != 0 and "--workers" in none.output
 
 
 def test_imgsz_resizes_for_the_network_and_returns_source_size(model):
