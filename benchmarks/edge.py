@@ -8,8 +8,9 @@ For torch eager (fp32 and bf16), ONNX Runtime fp32 and ONNX Runtime INT8 (export
 360x480 frame (pre + inference + post, batch 1), end-to-end FPS of `igldt infer`'s threaded
 pipeline on a video made of the val frames (decode -> segment -> annotated video) with `--workers`
 frames in flight (each on threads/workers cores) against the inference-only FPS of that same
-configuration on in-memory frames, mIoU on CamVid val, GFLOP per frame and the GFLOP/s each path reaches; then each ratio and each target of the edge
-issue with PASS/FAIL. Run it on idle cores: every other process changes the figures.
+configuration on in-memory frames, mIoU on CamVid val, GFLOP per frame and the GFLOP/s each path
+reaches; then each ratio and each target of the edge issue with PASS/FAIL. Run it on idle cores:
+every other process changes the figures.
 
 `--imgsz H W` runs the network at H x W (the runtime resizes each frame and returns its mask at
 360x480, as `igldt infer --imgsz` does; the ONNX graphs are exported static at that size, the edge
@@ -75,6 +76,19 @@ def end_to_end_fps(predictor, video: Path, out_dir: Path, workers: int = 1) -> f
     return stats.fps
 
 
+def interleaved_latency(predictors: dict, frames: list, runs: int, rounds: int) -> dict:
+    """Each path's latency figures, medians over `rounds` rounds of runs/rounds calls, the paths taking
+    turns within each round."""
+    from igldt.runtime.bench import measure_latency
+
+    per_round = {name: [] for name in predictors}
+    for _ in range(rounds):
+        for name, p in predictors.items():
+            per_round[name].append(measure_latency(p, frames, max(1, runs // rounds), warmup=3))
+    return {name: {k: float(np.median([r[k] for r in rs])) for k in ("p50_ms", "p90_ms", "mean_ms", "infer_p50_ms")}
+            | {"runs": runs, "rounds": rounds} for name, rs in per_round.items()}
+
+
 def torch_bf16(weights: Path, imgsz=None):
     """The .pt through the runtime's torch backend with weights and activations in bfloat16 (AVX-512 BF16
     kernels where the CPU has them); logits come back as float32 for the shared post-processing."""
@@ -94,7 +108,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2,
                     help="video: frames segmented at once (igldt infer --workers), each with threads/workers engine threads")
-    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=200, help="timed calls per path, over --rounds interleaved rounds")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--limit", type=int, default=None, help="val images scored for mIoU (default: all 101)")
     ap.add_argument("--calib-method", default="minmax", help="minmax (percentile and entropy keep a histogram of every activation: >20 GB at 360x480)")
     ap.add_argument("--out", type=Path, default=Path("runs/edge"))
@@ -113,7 +128,7 @@ def main() -> None:
     from igldt.export.parity import engine_miou
     from igldt.export.pipeline import run_export
     from igldt.runtime import Predictor
-    from igldt.runtime.bench import measure_latency, measure_throughput
+    from igldt.runtime.bench import measure_throughput
 
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -142,22 +157,26 @@ def main() -> None:
              "ORT INT8": lambda threads: Predictor(int8, device="cpu", threads=threads)}
     if not a.skip_bf16:
         paths["torch eager bf16"] = lambda threads: torch_bf16(a.weights, net)
+    # Latency in interleaved rounds (every path timed in each round): this shared machine's speed drifts
+    # by 20-30% over minutes, which would otherwise land on whichever path ran in a slow window.
+    torch.set_num_threads(a.threads)
+    single = {name: make(a.threads) for name, make in paths.items()}
+    lat = interleaved_latency(single, frames, a.runs, a.rounds)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         video = val_video(ds, Path(tmp) / "camvid_val.mp4")
         for name, make in paths.items():
             torch.set_num_threads(a.threads)
-            p = make(a.threads)
-            lat = measure_latency(p, frames, a.runs, warmup=5)
-            miou = engine_miou(p, ds, a.limit)
+            miou = engine_miou(single[name], ds, a.limit)
             torch.set_num_threads(per_worker)  # the torch paths' share of the cores, like ORT's
-            pv = make(per_worker) if a.workers > 1 else p
+            pv = make(per_worker) if a.workers > 1 else single[name]
             infer_fps = measure_throughput(pv, frames, a.workers)
             fps = end_to_end_fps(pv, video, Path(tmp) / name.replace(" ", "_"), a.workers)
-            rows[name] = {**lat, "video_fps": fps, "infer_fps": infer_fps, "miou": miou, "gflop": gflop,
-                          "gflops": gflop / (lat["infer_p50_ms"] / 1e3)}
-            print(f"{name:18s} p50 {lat['p50_ms']:6.1f} ms  p90 {lat['p90_ms']:6.1f} ms  inference-only {infer_fps:5.1f} FPS  "
-                  f"video {fps:5.1f} FPS  mIoU {100 * miou:5.2f}  {rows[name]['gflops']:5.0f} GFLOP/s", flush=True)
+            rows[name] = {**lat[name], "video_fps": fps, "infer_fps": infer_fps, "miou": miou, "gflop": gflop,
+                          "gflops": gflop / (lat[name]["infer_p50_ms"] / 1e3)}
+            r = rows[name]
+            print(f"{name:18s} p50 {r['p50_ms']:6.1f} ms  p90 {r['p90_ms']:6.1f} ms  inference-only {infer_fps:5.1f} FPS  "
+                  f"video {fps:5.1f} FPS  mIoU {100 * miou:5.2f}  {r['gflops']:5.0f} GFLOP/s", flush=True)
 
     t, f, q = rows["torch eager fp32"], rows["ORT fp32"], rows["ORT INT8"]
     refs = [f["miou"]] + ([full_miou] if full_miou is not None else [])
