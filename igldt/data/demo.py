@@ -22,7 +22,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .datasets import DEMO_MANIFEST, IGNORE, DataError, write_classes_yaml
+from .base import IGNORE
+from .datasets import DEMO_MANIFEST
+from .errors import DataError
+from .folder import write_classes_yaml
 from .splits import make_split, write_split
 
 DEMO_VERSION = 2  # 2: labelled scenes cover clear days only (see `describe_scene`)
