@@ -49,22 +49,40 @@ def demo(out: Path, overrides, device: str, exist_ok: bool, skip_deploy: bool, d
     igldt demo -o train.iters=30    # a quick look
     igldt demo --data-only          # just the data, for igldt train --preset demo
     """
-    from igldt.data import DataError, build_dataset, ensure_demo_dataset
-    from igldt.train.loop import train as run
-
     start = time.perf_counter()
     _prepare(out, exist_ok)
     cfg = resolve_config("demo", [f"data.root={out / 'data'}", *overrides])
-    try:
-        ds = build_dataset("demo", ensure_demo_dataset(cfg.data.root), "train")  # generated here (seconds)
-    except DataError as e:
-        raise click.ClickException(str(e)) from None
+    ds = _demo_data(cfg)
     if data_only:
         click.echo(f"demo dataset: {ds.root} ({len(ds)} train images)")
         hint(f"igldt train --stage supervised --preset demo -o data.root={ds.root}")
         return
     data_root = Path(ds.root)
     click.secho(f"demo data: {data_root} ({len(ds)} train images, {len(ds.classes)} classes)", bold=True)
+    results, times = _train_stages(cfg, out, device)
+    artefacts = {"data": data_root, **{f"{s} run": out / s for s in results},
+                 "student weights": results["student"].best}
+    deploy_note = _deploy_unless_skipped(skip_deploy, results["student"].best, out, data_root, device, artefacts, times)
+    _print_scores(results)
+    _print_summary(times, time.perf_counter() - start, artefacts, deploy_note)
+    click.secho("\nNext:", bold=True)
+    click.echo("  igldt train --stage teachers --preset camvid-cpu     # real data (CamVid)")
+    click.echo(f"  igldt evaluate --weights {results['student'].best}")
+
+
+def _demo_data(cfg):
+    """The demo dataset's train split, generated first where it is missing (seconds)."""
+    from igldt.data import DataError, build_dataset, ensure_demo_dataset
+
+    try:
+        return build_dataset("demo", ensure_demo_dataset(cfg.data.root), "train")
+    except DataError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _train_stages(cfg, out: Path, device: str) -> tuple[dict, dict]:
+    """Sup-only, teachers, student, one after the other: ({stage: FitResult}, {stage: seconds})."""
+    from igldt.train.loop import train as run
 
     results, times = {}, {}
     for stage in ("supervised", "teachers", "student"):
@@ -77,25 +95,28 @@ def demo(out: Path, overrides, device: str, exist_ok: bool, skip_deploy: bool, d
             click.secho(f"demo stopped during the {stage} stage; its resumable checkpoint is "
                         f"{results[stage].last} (`igldt demo --exist-ok` starts over)", fg="yellow")
             raise SystemExit(130)
+    return results, times
 
-    artefacts = {"data": data_root, **{f"{s} run": out / s for s in results},
-                 "student weights": results["student"].best}
-    deploy_note = None
-    if skip_deploy:
-        deploy_note = "skipped (--skip-deploy)"
-    elif (missing := _available("igldt.export.pipeline", "igldt.runtime", "onnx", "onnxruntime")) is not None:
-        deploy_note = f"skipped: {missing} is not installed (pip install 'igldt[cpu]')"
-    else:
-        t0 = time.perf_counter()
-        onnx_path, video_dir = _deploy(results["student"].best, out, data_root, device)
-        times["export + video"] = time.perf_counter() - t0
-        artefacts["ONNX model"] = onnx_path
-        if video_dir is not None:
-            artefacts["segmented video"] = video_dir
-        else:
-            deploy_note = "video inference skipped: the demo data has no demo.mp4"
 
-    wall = time.perf_counter() - start
+def _deploy_unless_skipped(skip: bool, weights: Path, out: Path, data_root: Path, device: str,
+                           artefacts: dict, times: dict) -> str | None:
+    """Export and video inference (adding to `artefacts` and `times`); a note when skipped, else None."""
+    if skip:
+        return "skipped (--skip-deploy)"
+    if (missing := _available("igldt.export.pipeline", "igldt.runtime", "onnx", "onnxruntime")) is not None:
+        return f"skipped: {missing} is not installed (pip install 'igldt[cpu]')"
+    t0 = time.perf_counter()
+    onnx_path, video_dir = _deploy(weights, out, data_root, device)
+    times["export + video"] = time.perf_counter() - t0
+    artefacts["ONNX model"] = onnx_path
+    if video_dir is None:
+        return "video inference skipped: the demo data has no demo.mp4"
+    artefacts["segmented video"] = video_dir
+    return None
+
+
+def _print_scores(results: dict) -> None:
+    """Each model's best validation mIoU, and the student's gain over Sup-only."""
     click.secho("\nIGL-DT demo: val mIoU (%) on the synthetic street scenes", bold=True)
     rows = [("Sup-only (student net, labelled only)", results["supervised"].history, "miou_student"),
             ("CPS teacher T_SU (global)", results["teachers"].history, "miou_global"),
@@ -109,6 +130,9 @@ def demo(out: Path, overrides, device: str, exist_ok: bool, skip_deploy: bool, d
     if sup is not None and stu is not None:
         click.echo(f"  {'student - Sup-only':<40} {100 * (stu - sup):+6.2f}")
     click.echo("  (the best of each run's validations; the student and Sup-only share one architecture)")
+
+
+def _print_summary(times: dict, wall: float, artefacts: dict, deploy_note: str | None) -> None:
     click.secho("\nTimes", bold=True)
     for k, v in times.items():
         click.echo(f"  {k:<16} {v:7.1f} s")
@@ -118,9 +142,6 @@ def demo(out: Path, overrides, device: str, exist_ok: bool, skip_deploy: bool, d
         click.echo(f"  {k:<16} {v}")
     if deploy_note:
         click.echo(f"  deployment: {deploy_note}")
-    click.secho("\nNext:", bold=True)
-    click.echo("  igldt train --stage teachers --preset camvid-cpu     # real data (CamVid)")
-    click.echo(f"  igldt evaluate --weights {results['student'].best}")
 
 
 def _deploy(weights: Path, out: Path, data_root: Path, device: str) -> tuple[Path, Path | None]:

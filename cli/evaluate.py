@@ -95,7 +95,6 @@ def evaluate_engine(engine: Path, reference: Path | None, data, dataset, split, 
     Torch-free unless one of them is a .pt; the comparison itself lives in igldt.export.parity."""
     from tqdm import tqdm
 
-    from igldt.data import DataError, build_dataset
     from igldt.export.parity import compare, format_report
     from igldt.metrics import ConfusionMatrix, scored_count
     from igldt.runtime import DeployError, Predictor
@@ -111,10 +110,7 @@ def evaluate_engine(engine: Path, reference: Path | None, data, dataset, split, 
     root, name, split = resolve_data(recorded, data, dataset, split)
     out = out or engine.with_name(f"{engine.name}.{'parity' if ref else 'eval'}-{name}-{Path(split).stem}.json")
     check_writable(out, force)
-    try:
-        ds = build_dataset(name, root, split)
-    except (DataError, OSError) as e:
-        raise click.UsageError(f"--data {root} --dataset {name} --split {split}: {e}") from None
+    ds = open_dataset(root, name, split)
     keep = sample_keeper(ds, limit, samples)
     try:
         with tqdm(total=scored_count(ds, limit), desc="evaluate", unit="img", file=sys.stderr, leave=False,
@@ -184,33 +180,21 @@ def evaluate(weights: Path | None, engine: Path | None, reference: Path | None, 
         raise click.UsageError("--reference/--tolerance go with --engine ARTEFACT")
     if weights is None:
         raise click.UsageError("pass --weights CHECKPOINT.pt or --engine ARTEFACT")
-    from igldt.checkpoint import CheckpointError, load_model
-    from igldt.data import DataError, build_dataset
-    from igldt.evaluate import make_predictor, resolve_device
+    evaluate_checkpoint(weights, data, dataset, split, mode, crop, stride, device, amp, limit, out, force, samples)
 
-    try:
-        dev = resolve_device(device)
-        model, meta = load_model(weights, dev)
-        trained = recorded_config(meta)
-    except (CheckpointError, ValueError) as e:  # ConfigError is a ValueError
-        raise click.UsageError(str(e)) from None
+
+def evaluate_checkpoint(weights: Path, data, dataset, split, mode, crop, stride, device: str, amp: str,
+                        limit: int | None, out: Path | None, force: bool, samples: int) -> None:
+    """--weights: score a checkpoint with torch in the evaluation mode it was validated with."""
+    from igldt.evaluate import default_stride, make_predictor
+
+    dev, model, meta, trained = load_for_evaluation(weights, device)
     root, name, split = resolve_data(recorded_dataset(trained), data, dataset, split)
     mode, crop_l, stride_l = resolve_mode(trained, mode, crop, stride)
     out = out or default_report_path(weights, name, split, mode)
     check_writable(out, force)
-    try:
-        ds = build_dataset(name, root, split)
-    except (DataError, OSError) as e:
-        raise click.UsageError(f"--data {root} --dataset {name} --split {split}: {e}") from None
-
-    classes = list(meta.get("classes") or ds.classes)
-    if len(ds.classes) != len(classes):
-        raise click.UsageError(f"{weights} predicts {len(classes)} classes but {name}/{split} has "
-                               f"{len(ds.classes)}; evaluate on the dataset it was trained for")
-    if list(ds.classes) != classes:
-        click.secho(f"warning: class names differ between {weights} and the dataset; using the checkpoint's",
-                    fg="yellow", err=True)
-
+    ds = open_dataset(root, name, split)
+    classes = checked_classes(meta, ds, weights, f"{name}/{split}")
     predict = make_predictor(model, meta["mean"], meta["std"], mode, crop_l, stride_l, dev, amp)
     keep = sample_keeper(ds, limit, samples)
     try:
@@ -219,7 +203,6 @@ def evaluate(weights: Path | None, engine: Path | None, reference: Path | None, 
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     if mode == "slide" and stride_l is None:
-        from igldt.evaluate import default_stride
         stride_l = list(default_stride(crop_l))
     report.update(weights=str(weights), arch=meta.get("arch"), dataset=name, data=root, split=split,
                   mode=mode, crop=crop_l, stride=stride_l, device=str(dev),
@@ -233,3 +216,37 @@ def evaluate(weights: Path | None, engine: Path | None, reference: Path | None, 
     click.echo(f"report: {out}")
     palette = meta.get("palette")
     write_report_figures(out, cm, keep, classes, ds.palette if palette is None else palette)
+
+
+def load_for_evaluation(weights: Path, device: str):
+    """(torch device, model, checkpoint meta, its recorded Config or None); one-line usage errors."""
+    from igldt.checkpoint import CheckpointError, load_model
+    from igldt.evaluate import resolve_device
+
+    try:
+        dev = resolve_device(device)
+        model, meta = load_model(weights, dev)
+        return dev, model, meta, recorded_config(meta)
+    except (CheckpointError, ValueError) as e:  # ConfigError is a ValueError
+        raise click.UsageError(str(e)) from None
+
+
+def open_dataset(root: str, name: str, split: str):
+    from igldt.data import DataError, build_dataset
+
+    try:
+        return build_dataset(name, root, split)
+    except (DataError, OSError) as e:
+        raise click.UsageError(f"--data {root} --dataset {name} --split {split}: {e}") from None
+
+
+def checked_classes(meta: Mapping, ds: Any, weights: Path, where: str) -> list[str]:
+    """The checkpoint's class names, refused when their number differs from the dataset's."""
+    classes = list(meta.get("classes") or ds.classes)
+    if len(ds.classes) != len(classes):
+        raise click.UsageError(f"{weights} predicts {len(classes)} classes but {where} has "
+                               f"{len(ds.classes)}; evaluate on the dataset it was trained for")
+    if list(ds.classes) != classes:
+        click.secho(f"warning: class names differ between {weights} and the dataset; using the checkpoint's",
+                    fg="yellow", err=True)
+    return classes

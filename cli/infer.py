@@ -71,15 +71,9 @@ def infer(source, model, out, exist_ok, save_masks, raw_ids, save_overlay, save_
 
     Grayscale, RGBA and 16-bit image files are converted to 8-bit RGB (one note per kind).
     Videos are written as H.264 where this OpenCV can encode it, else mp4v (with a note)."""
-    from tqdm import tqdm
-
     from igldt.runtime import DeployError, Predictor
-    from igldt.runtime.pipeline import run_pipeline
     from igldt.runtime.sinks import ResultWriter
     from igldt.runtime.sources import open_source
-
-    def note(message: str) -> None:  # one line above the progress bar, not through it
-        tqdm.write(message, file=sys.stderr)
 
     if vid_stride < 1 or batch < 1 or workers < 1:
         raise click.BadParameter("must be >= 1", param_hint="--vid-stride/--batch/--workers")
@@ -87,44 +81,74 @@ def infer(source, model, out, exist_ok, save_masks, raw_ids, save_overlay, save_
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     try:
         predictor = Predictor(model, device=device, batch=batch, imgsz=parse_imgsz(imgsz), threads=threads)
-        src = open_source(source, vid_stride, convert_images=True, note=note)
-        is_video = src.kind in ("video", "camera", "stream")
-        if save_video and not is_video:
-            raise DeployError(f"--save-video needs a video, camera or stream source; {source} is images "
-                              f"(use --save-overlay)")
-        if not (save_masks or save_overlay or save_video or show):
-            # nothing chosen: keep the obvious result of the source
-            save_masks, save_video = not is_video, is_video
+        src = open_source(source, vid_stride, convert_images=True, note=_note)
+        save_masks, save_video = _chosen_outputs(src, source, save_masks, save_overlay, save_video, show)
         run_dir = increment_path(Path(out), exist_ok)
         fps = (src.fps / vid_stride) if (src.fps and src.kind == "video") else src.fps
         writer = ResultWriter(run_dir, predictor.palette, masks=save_masks, raw_ids=raw_ids, overlays=save_overlay,
-                              video=save_video, fps=fps, show=show, alpha=alpha, note=note)
+                              video=save_video, fps=fps, show=show, alpha=alpha, note=_note)
         click.echo(predictor.describe())
-        bar = tqdm(total=src.count, unit="frame", desc=f"{src.kind} {source}", dynamic_ncols=True)
-
-        def on_batch(n, t):
-            bar.update(n)
-            per = 1.0 / n
-            bar.set_postfix_str(f"pre {t['pre'] * per:.1f}ms infer {t['infer'] * per:.1f}ms post {t['post'] * per:.1f}ms")
-
-        video_name = Path(str(source)).stem if src.kind == "video" else src.kind
-        try:
-            stats = run_pipeline(src, predictor, writer, batch=predictor.batch, on_batch=on_batch, video_name=video_name,
-                                 workers=workers)
-        finally:
-            bar.close()
-            writer.close()
+        stats = _segment(src, source, predictor, writer, workers)
     except DeployError as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
         click.echo("interrupted; results so far are kept")
         return
-    click.echo(f"{stats.frames} frames in {stats.wall_s:.2f}s: {stats.fps:.1f} FPS end to end, "
-               f"{stats.infer_fps:.1f} FPS inference only "
-               f"(per frame: pre {stats.pre_ms / max(stats.frames, 1):.1f}ms, infer {stats.infer_ms / max(stats.frames, 1):.1f}ms, "
-               f"post {stats.post_ms / max(stats.frames, 1):.1f}ms)")
-    if writer.video_path is not None:
-        click.echo(f"video {writer.video_path}: {VIDEO_CODECS.get(writer.video_codec, writer.video_codec)}")
+    _print_stats(stats, writer)
     if writer.written and (save_masks or save_overlay or save_video):
         click.secho(f"Results saved to {run_dir}", fg="green")
         hint(f"igldt evaluate --engine {model} --data ROOT --dataset NAME")
+
+
+def _note(message: str) -> None:
+    """One line above the progress bar, not through it."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def _chosen_outputs(src, source: str, save_masks: bool, save_overlay: bool, save_video: bool,
+                    show: bool) -> tuple[bool, bool]:
+    """(save_masks, save_video): --save-video refused for images; with nothing chosen, the obvious
+    result of the source (masks of images, the video of a video)."""
+    from igldt.runtime import DeployError
+
+    is_video = src.kind in ("video", "camera", "stream")
+    if save_video and not is_video:
+        raise DeployError(f"--save-video needs a video, camera or stream source; {source} is images "
+                          f"(use --save-overlay)")
+    if not (save_masks or save_overlay or save_video or show):
+        return not is_video, is_video
+    return save_masks, save_video
+
+
+def _segment(src, source: str, predictor, writer, workers: int):
+    """Every frame through the pipeline under a progress bar with per-stage times; the writer closed after."""
+    from tqdm import tqdm
+
+    from igldt.runtime.pipeline import run_pipeline
+
+    bar = tqdm(total=src.count, unit="frame", desc=f"{src.kind} {source}", dynamic_ncols=True)
+
+    def on_batch(n, t):
+        bar.update(n)
+        per = 1.0 / n
+        bar.set_postfix_str(f"pre {t['pre'] * per:.1f}ms infer {t['infer'] * per:.1f}ms post {t['post'] * per:.1f}ms")
+
+    video_name = Path(str(source)).stem if src.kind == "video" else src.kind
+    try:
+        return run_pipeline(src, predictor, writer, batch=predictor.batch, on_batch=on_batch, video_name=video_name,
+                            workers=workers)
+    finally:
+        bar.close()
+        writer.close()
+
+
+def _print_stats(stats, writer) -> None:
+    frames = max(stats.frames, 1)
+    click.echo(f"{stats.frames} frames in {stats.wall_s:.2f}s: {stats.fps:.1f} FPS end to end, "
+               f"{stats.infer_fps:.1f} FPS inference only "
+               f"(per frame: pre {stats.pre_ms / frames:.1f}ms, infer {stats.infer_ms / frames:.1f}ms, "
+               f"post {stats.post_ms / frames:.1f}ms)")
+    if writer.video_path is not None:
+        click.echo(f"video {writer.video_path}: {VIDEO_CODECS.get(writer.video_codec, writer.video_codec)}")

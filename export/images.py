@@ -15,6 +15,8 @@ from typing import Callable
 import numpy as np
 
 from igldt.config import DataConfig, recorded_config
+from igldt.data import build_dataset
+from igldt.data.demo import demo_images
 from igldt.runtime.preprocess import read_image
 from igldt.runtime.sources import list_images
 
@@ -54,8 +56,6 @@ def folder_images(folder: str | Path, n: int) -> tuple[list[Loader], list[str]]:
 
 def check_images(meta: dict, calib: str | Path | None, n: int, demo_root: str | Path | None = None):
     """(loaders, names, description) of up to n real images to compare ONNX Runtime with PyTorch."""
-    from igldt.data import build_dataset
-
     d = _data_cfg(meta)
     if d is not None:
         try:
@@ -72,7 +72,6 @@ def check_images(meta: dict, calib: str | Path | None, n: int, demo_root: str | 
         ds = build_dataset("demo", demo_root, "val")
         loaders, names = _from_dataset(ds, n)
         return loaders, names, f"demo val images at {demo_root}"
-    from igldt.data.demo import demo_images
     images = demo_images(n)
     return [(lambda im=im: im) for im in images], [f"demo scene {i}" for i in range(n)], \
         f"{n} demo scenes rendered in memory (no dataset reachable; pass --calib DIR for real ones)"
@@ -92,7 +91,7 @@ def calibration_images(meta: dict, calib: str | Path | None, n: int):
     if d is None:
         raise ExportError("INT8 needs calibration images: the checkpoint records no dataset; pass --calib DIR")
     try:
-        from igldt.data.loaders import train_datasets
+        from igldt.data.loaders import train_datasets  # torch: loaded once an INT8 export runs, not at import
         labelled, unlabelled = train_datasets(d)
     except Exception as e:
         raise ExportError(f"INT8 needs calibration images: the training data recorded in the checkpoint "

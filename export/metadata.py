@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+import numpy as np
+
 from igldt.config import recorded_config
 from igldt.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from igldt.io import write_json_atomic
@@ -41,7 +43,6 @@ def _listify(v):
     if v is None:
         return None
     try:
-        import numpy as np
         return np.asarray(v).tolist()
     except Exception:
         return list(v)

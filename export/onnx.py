@@ -5,12 +5,18 @@ maintained path of the installed torch (2.9+; the TorchScript exporter is deprec
 `torch.export` dynamic shapes let us state the real constraint on the input: H and W are
 `stride * k`. With that constraint the model's internal pad-to-stride folds away, leaving a clean
 graph that TensorRT and ONNX Runtime optimise well.
+
+torch, onnx, onnxslim and onnxruntime are imported in the functions that use them: `igldt export`
+imports this module before it checks its arguments, and refuses bad ones before seconds of imports.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from igldt.runtime import Predictor
+from igldt.runtime.preprocess import normalize_batch, padded_size
 
 OPSET = 18  # >= 17 (LayerNormalization); 18 is the dynamo exporter's native opset
 INPUT_NAME = "images"
@@ -106,7 +112,6 @@ def save_model(model, path: str | Path) -> None:
 def torch_logits(model, images: list[np.ndarray], mean, std, stride: int) -> list[np.ndarray]:
     """Reference logits from the PyTorch model with the runtime's own preprocessing (one image at a time)."""
     import torch
-    from igldt.runtime.preprocess import normalize_batch, padded_size
 
     out = []
     with torch.no_grad():
@@ -122,8 +127,6 @@ def torch_logits(model, images: list[np.ndarray], mean, std, stride: int) -> lis
 def compare_with_torch(model, artefact: str | Path, images: list[np.ndarray], names: list[str] | None = None,
                        device: str = "cpu", threads: int | None = None) -> dict:
     """ONNX Runtime (through the deployment Predictor) vs PyTorch on the same real images."""
-    from igldt.runtime import Predictor
-
     pred = Predictor(artefact, device=device, threads=threads)
     ref = torch_logits(model, images, pred.mean, pred.std, pred.stride)
     ref_labels = [r.argmax(0).astype(np.uint8) for r in ref]

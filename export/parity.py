@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from igldt.metrics import ConfusionMatrix, checked_labels, evaluate_predictor, labelled_items, scored_count
+
 # Allowed mIoU drop in points (percent) by precision of the engine under test.
 TOLERANCE = {"fp32": 0.05, "fp16": 0.1, "int8": 1.0}
 
@@ -32,8 +34,6 @@ def compare(engine, reference, dataset, *, limit: int | None = None, tolerance: 
             observe: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None) -> dict:
     """Score `engine` (and `reference`, a Predictor or None) on `dataset` (load_image/load_mask/classes).
     `observe(i, image, mask, engine_labels)` sees each item (e.g. an `igldt.figures.SampleKeeper`)."""
-    from igldt.metrics import ConfusionMatrix, checked_labels, labelled_items, scored_count
-
     classes = list(engine.classes or getattr(dataset, "classes", []))
     n = len(classes)
     if getattr(dataset, "classes", None) and len(dataset.classes) != n:
@@ -86,7 +86,6 @@ def compare(engine, reference, dataset, *, limit: int | None = None, tolerance: 
 
 def engine_miou(predictor, dataset, limit: int | None = None) -> float:
     """mIoU of one runtime `Predictor` on `dataset` (what `igldt benchmark` prints beside latency)."""
-    from igldt.metrics import evaluate_predictor
     report, _ = evaluate_predictor(lambda image: predictor.predict([image])[0], dataset,
                                    classes=list(predictor.classes or dataset.classes), limit=limit)
     return report["miou"]

@@ -214,10 +214,9 @@ FORMATS = {"onnx": _Format(".onnx", "onnx", "ort", "cpu", _onnx_profile, _write_
 
 def _prepare(spec: ExportSpec, echo: Callable[[str], None]) -> _Job:
     """Load the student, build the metadata, find calibration images and export the fp32 graph."""
-    # torch and timm load here, when an export runs, not when the CLI imports this module
+    # torch and timm load once an export runs: ExportSpec refuses bad arguments before their seconds of import
     from igldt.checkpoint import load_model
     from igldt.models import SegmentationExportWrapper
-
 
     fmt = FORMATS[spec.fmt]
     model, ckpt = load_model(spec.weights, device="cpu")
@@ -249,7 +248,6 @@ def _prepare(spec: ExportSpec, echo: Callable[[str], None]) -> _Job:
 def _write_graph(job: _Job, dest: Path, work: Path) -> None:
     """The graph at the export precision, with the metadata embedded, saved to `dest`."""
     import onnx
-
 
     spec, meta, proto = job.spec, job.meta, job.proto
     if spec.precision == "fp16":

@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from igldt.runtime.preprocess import bgr_batch, normalize_batch, padded_size, resize_image
+
 from .onnx import ExportError
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -36,8 +38,6 @@ TARGETS = {
 def _reader(images: Sequence[Callable[[], np.ndarray]], input_name: str, mean, std, stride: int, baked: bool,
             fixed_hw: tuple[int, int] | None = None):
     from onnxruntime.quantization import CalibrationDataReader
-
-    from igldt.runtime.preprocess import bgr_batch, normalize_batch, padded_size, resize_image
 
     class ImageCalibrationReader(CalibrationDataReader):
         """Feeds real images one at a time, preprocessed exactly as the runtime does."""

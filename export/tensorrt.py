@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from igldt.runtime.backends import _ck, _import_cudart
+
 from .onnx import ExportError
 
 
@@ -20,7 +22,6 @@ def tensorrt_status() -> tuple[bool, str]:
     except ImportError:
         return False, "TensorRT is not installed (pip install tensorrt on a machine with an NVIDIA GPU)"
     try:
-        from igldt.runtime.backends import _ck, _import_cudart
         cudart = _import_cudart()
         count = _ck(cudart.cudaGetDeviceCount())
     except ImportError:
@@ -33,7 +34,6 @@ def tensorrt_status() -> tuple[bool, str]:
 
 
 def gpu_info() -> dict:
-    from igldt.runtime.backends import _ck, _import_cudart
     cudart = _import_cudart()
     dev = _ck(cudart.cudaGetDevice())
     prop = _ck(cudart.cudaGetDeviceProperties(dev))

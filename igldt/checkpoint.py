@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+import timm
 import torch
 from torch import nn
 
+from igldt import __version__
 from igldt.config import Config
 from igldt.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from igldt.io import atomic_open
+from igldt.models import build_segmenter
 
 FORMAT = "igldt/1"
 KINDS = ("student", "teachers", "supervised", "resume")
@@ -31,10 +34,7 @@ class CheckpointError(ValueError):
 
 
 def versions() -> dict[str, str]:
-    import timm
-
-    import igldt
-    return {"igldt": str(igldt.__version__), "torch": str(torch.__version__), "timm": str(timm.__version__),
+    return {"igldt": str(__version__), "torch": str(torch.__version__), "timm": str(timm.__version__),
             "python": platform.python_version(), "numpy": np.__version__}
 
 
@@ -144,7 +144,6 @@ def teachers_payload(global_model: nn.Module, local_model: nn.Module, dataset_me
 
 
 def _build(arch: Mapping, state_dict: Mapping, path: Path, device: str | torch.device) -> nn.Module:
-    from igldt.models import build_segmenter
     try:
         model = build_segmenter(**dict(arch), pretrained=False)
     except TypeError as e:

@@ -11,7 +11,8 @@ that acts on them (datasets, heads, evaluation modes, AMP).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
 Dataset = Literal["voc", "cityscapes", "camvid", "folder", "demo"]
@@ -134,5 +135,15 @@ class Config:
 
     def to_dict(self) -> dict:
         """Plain nested data (lists, not tuples), as checkpoints store it and YAML writes it."""
-        from .typed import to_plain
         return to_plain(self)
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses -> dicts, tuples -> lists: what `yaml.safe_dump` and a safe checkpoint take."""
+    if is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj

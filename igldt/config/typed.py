@@ -147,14 +147,3 @@ def check_partial(raw: Any, key: str, cls: type = Config) -> dict:
         else:
             out[name] = convert(value, tp, f"{key}.{name}", fields[name].metadata)
     return out
-
-
-def to_plain(obj: Any) -> Any:
-    """Dataclasses -> dicts, tuples -> lists: what `yaml.safe_dump` and a safe checkpoint take."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {k: to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    return obj

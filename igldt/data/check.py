@@ -14,7 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .datasets import DataError, SegDataset
+from .base import SegDataset
+from .errors import DataError
 
 #: problem kinds, in the order a summary lists them
 KINDS = ("empty", "duplicate_id", "unreadable_image", "missing_mask", "unreadable_mask", "size_mismatch",

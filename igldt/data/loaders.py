@@ -8,6 +8,7 @@ results are the same with 0, 1 or 8 workers; ranks shard one global order like D
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -16,11 +17,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from . import transforms as T
 from igldt.config import Config, DataConfig, TrainConfig
 
+from . import transforms as T
+from .base import SegDataset
 from .check import assert_valid
-from .datasets import DataError, SegDataset, build_dataset
+from .datasets import build_dataset
+from .errors import DataError
 from .splits import make_split, read_split_file, select
 
 LABELLED_STREAM, UNLABELLED_STREAM = 1, 2
@@ -165,7 +168,6 @@ def _worker_init(worker_id: int) -> None:
 def _worker_context() -> str:
     # Not fork: a worker forked after the parent ran thread pools (OpenCV, the data check, torch)
     # can inherit a held lock and hang forever (seen here in CI on 2 cores).
-    import multiprocessing as mp
     return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
 
 

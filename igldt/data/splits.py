@@ -9,16 +9,14 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from igldt.io import write_text_atomic
 
+from .base import SegDataset
 from .errors import IMAGE_EXTS, DataError
-
-if TYPE_CHECKING:
-    from .datasets import SegDataset
 
 LABELLED_FILE = "labeled.txt"
 UNLABELLED_FILE = "unlabeled.txt"
@@ -132,7 +130,7 @@ def write_split(out_dir: str | Path, labelled: Sequence[str], unlabelled: Sequen
     return paths
 
 
-def select(dataset: "SegDataset", ids: Iterable[str]) -> "SegDataset":
+def select(dataset: SegDataset, ids: Iterable[str]) -> SegDataset:
     """A view of `dataset` holding exactly `ids`, in the given order."""
     index = {item.id: k for k, item in enumerate(dataset.items)}
     wanted = list(ids)

@@ -12,7 +12,7 @@ import numpy as np
 
 from igldt.constants import IMAGENET_MEAN, IMAGENET_STD
 
-from .datasets import IGNORE
+from .base import IGNORE
 
 
 def _fill_value(pad: str | Sequence[float] | None, mean: Sequence[float]) -> tuple[float, float, float]:

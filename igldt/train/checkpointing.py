@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
+from igldt import checkpoint  # save_checkpoint read at each call: tests substitute it to watch the writes
 from igldt.config import Config
 from igldt.train import distributed as D
+from igldt.train.logger import RunLogger
 from igldt.train.stream import capture_rng, restore_rng
-
-if TYPE_CHECKING:
-    from igldt.train.logger import RunLogger
-    from igldt.train.loop import Training
+from igldt.train.training import Training
 
 RESUME_FORMAT = "igldt/1"
 
@@ -88,8 +87,7 @@ class Checkpointer:
                 "window": {k: list(v) for k, v in st.window.items()}}
         ranks = D.gather_object(mine, ctx)
         if ctx.is_main:
-            from igldt.checkpoint import save_checkpoint
-            save_checkpoint(self.out_dir / "last.pt", {
+            checkpoint.save_checkpoint(self.out_dir / "last.pt", {
                 "format": RESUME_FORMAT, "kind": "resume", "stage": tr.stage.name, "iteration": st.it,
                 "total": tr.total, "models": tr.stage.state_dict(), "optimizer": tr.optimizer.state_dict(),
                 "scheduler": tr.scheduler.state_dict(), "scaler": tr.amp.scaler.state_dict(), "ranks": ranks,
@@ -107,9 +105,8 @@ class Checkpointer:
 
     def save_best(self, score: float | None) -> None:
         if self.train.ctx.is_main and self.meta is not None:
-            from igldt.checkpoint import save_checkpoint
             payload = self.train.stage.export_payload({**self.meta, "miou": score, "iteration": self.state.it})
-            save_checkpoint(self.out_dir / "best.pt", payload)
+            checkpoint.save_checkpoint(self.out_dir / "best.pt", payload)
             self.best = self.out_dir / "best.pt"
         D.barrier(self.train.ctx)
 

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 
@@ -96,14 +97,11 @@ def plot_metrics(path: Path, out_png: Path) -> Path | None:
     records = read_metrics(path)
     if not records:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     skip = {"iteration", "epoch", "lr", "time", "skipped", "state", "val"}
     train = [r for r in records if "val" not in r]
     val = [r for r in records if "val" in r]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))  # not pyplot: no global backend or figure registry to touch
+    ax1, ax2 = fig.subplots(1, 2)
     keys = sorted({k for r in train for k in r if k not in skip})
     for k in keys:
         pts = [(r["iteration"], r[k]) for r in train if k in r and math.isfinite(r[k])]
@@ -121,5 +119,4 @@ def plot_metrics(path: Path, out_png: Path) -> Path | None:
         ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     return Path(out_png)

@@ -2,7 +2,8 @@
 
 `fit` is the loop: pairs of (labelled, unlabelled) batches -> `stage.step` -> backward (AMP,
 gradient accumulation, DDP) -> SGD step with poly decay (`optimisation_step`) -> logging, periodic
-validation, best and last checkpoints (`Checkpointer`, checkpointing.py, which also holds `restore`).
+validation (`make_validator`, validation.py), best and last checkpoints (`Checkpointer`,
+checkpointing.py, which also holds `restore`). What it steps is a `Training` (training.py).
 `train` builds everything from a config (data, models, stage, devices) and calls `fit`; the CLI
 (`igldt train`) and the demo call `train`.
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import signal
 import threading
 import time
@@ -29,14 +29,17 @@ from typing import Callable
 
 import torch
 
+from igldt.checkpoint import load_checkpoint
 from igldt.config import Config, TrainConfig
+from igldt.data.loaders import build_train_loaders, build_val_set
 from igldt.io import write_text_atomic
 from igldt.train import distributed as D
 from igldt.train.checkpointing import Checkpointer, TrainState, remove_stale_temp_files, restore
 from igldt.train.logger import RunLogger, plot_metrics, read_metrics
-from igldt.train.optim import Amp, build_amp, build_optimizer, build_scheduler
-from igldt.train.stages import STAGES, Stage
-from igldt.train.stream import BatchStream, seed_everything
+from igldt.train.stages import STAGES, Stage, build_stage
+from igldt.train.stream import seed_everything
+from igldt.train.training import Training, build_training
+from igldt.train.validation import make_validator
 
 clock = time.monotonic  # what train.save_every_s measures (tests substitute a deterministic one)
 
@@ -150,59 +153,9 @@ def save_intervals(train: TrainConfig) -> tuple[int, float]:
     return every, seconds
 
 
-def total_iterations(train: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
-    """(total updates, updates per epoch): train.iters when set, else train.epochs full passes."""
-    accum = train.accum
-    if accum < 1:
-        raise ValueError(f"train.accum={accum}: must be >= 1")
-    per_epoch = max(1, batches_per_epoch // accum)
-    total = train.iters if train.iters else train.epochs * per_epoch
-    if total < 1:
-        raise ValueError("train.iters and train.epochs give no iteration to run; set one of them > 0")
-    return total, per_epoch
-
-
 # ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Training:
-    """What `fit` steps and checkpoints: the stage's models, the data, the optimiser and its schedule."""
-    stage: Stage
-    stream: BatchStream
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    amp: Amp
-    ctx: D.DistContext
-    total: int  # updates in the run
-    accum: int  # micro-batches per update
-    channels_last: bool
-
-
-def _set_up(stage: Stage, loaders: tuple, cfg: Config, ctx: D.DistContext, resume: dict | None
-            ) -> tuple[Training, int]:
-    """Models on the device (a resumed run's weights loaded before DDP wraps them), the batch stream,
-    optimiser, schedule and AMP; also the updates per epoch."""
-    tc = cfg.train
-    channels_last = tc.channels_last and ctx.device.type == "cuda"  # a CPU slowdown, a GPU speed-up
-    stage.to(ctx.device, channels_last)
-    if resume is not None:
-        if resume.get("stage") != stage.name:
-            raise ValueError(f"--resume: checkpoint is from the '{resume.get('stage')}' stage, not '{stage.name}'")
-        stage.load_state_dict(resume["models"])
-    stage.distribute(ctx, cfg.model.sync_bn)
-    loader_l, loader_u = loaders
-    stream = BatchStream(loader_l, loader_u if stage.uses_unlabelled else None)
-    if stage.uses_unlabelled and loader_u is None:
-        raise ValueError(f"the {stage.name} stage needs unlabelled images: set data.fraction/count or "
-                         "data.unlabelled_list")
-    total, per_epoch = total_iterations(tc, len(stream))
-    optimizer = build_optimizer(stage.param_groups(), tc)
-    scheduler = build_scheduler(optimizer, total, tc.poly_power, tc.warmup_iters)
-    amp = build_amp(tc.amp, ctx.device)
-    return Training(stage, stream, optimizer, scheduler, amp, ctx, total, tc.accum, channels_last), per_epoch
-
-
 def optimisation_step(train: Training, state: TrainState, stop: _StopRequest,
                       say: Callable[[str], None]) -> float | None:
     """Update t = state.it + 1: `accum` micro-batches under autocast (DDP syncs the gradients on the
@@ -264,7 +217,7 @@ def fit(stage: Stage, loaders: tuple, cfg: Config, out_dir: str | Path, *, ctx: 
     {classes, palette}, "config"}) goes into best.pt; `resume` is a loaded last.pt.
     """
     tc, ctx, out_dir = cfg.train, ctx or D.DistContext(), Path(out_dir)
-    train, per_epoch = _set_up(stage, loaders, cfg, ctx, resume)
+    train, per_epoch = build_training(stage, loaders, cfg, ctx, resume)
     total, val_every, log_every = train.total, tc.val_every or per_epoch, max(1, tc.log_every)
     max_nonfinite, (save_every, save_every_s) = tc.max_nonfinite, save_intervals(tc)
     if resume is None:
@@ -332,43 +285,6 @@ def prepare_run_dir(out_dir: Path, resuming: bool, exist_ok: bool) -> None:
                           "overwrite it with --exist-ok, or choose another --out")
 
 
-def make_validator(cfg: Config, dataset, ctx: D.DistContext,
-                   figures: Path | None = None) -> Callable[[torch.nn.Module], float]:
-    """`val(model) -> mIoU` (an `MIoU`: a float with its per-class IoU) over a labelled dataset (a `SegDataset`), with cfg.train's eval_mode,
-    eval_crop, eval_stride and amp, to be called on every rank at once.
-
-    Sharded: rank r scores images r, r + world, r + 2 world, ... and the ranks sum their confusion
-    matrices, so each gets the whole set's mIoU (the same number one process gets) in 1/world of
-    the time. Rank 0 validating alone would leave the other ranks waiting in a collective for the
-    whole validation (Cityscapes' 500 images in slide mode on one GPU), towards the process group's
-    timeout; here the ranks wait only for the slowest shard.
-    """
-    from igldt.evaluate import _pair, make_predictor
-    from igldt.figures import SAMPLES, SampleKeeper, run_figure_paths, write_figures
-    from igldt.metrics import MIoU, ConfusionMatrix, evaluate_predictor
-    d, tc = cfg.data, cfg.train
-    mode, crop = tc.eval_mode, tc.eval_crop
-    if mode != "whole":  # refused before training, not at the first validation hours later
-        crop = _pair(crop, "train.eval_crop")
-    n = len(dataset.classes)
-    shard = dataset if ctx.world == 1 else dataset.subset(range(ctx.rank, len(dataset), ctx.world))
-
-    def val(model: torch.nn.Module) -> MIoU:
-        predict = make_predictor(model, d.mean, d.std, mode, crop, tc.eval_stride, ctx.device, tc.amp)
-        keep = SampleKeeper(SAMPLES if ctx.is_main else 0, len(shard))
-        _, cm = evaluate_predictor(predict, shard, num_classes=n, center_crop=crop if mode == "center" else None,
-                                   observe=keep)
-        total = ConfusionMatrix(n)
-        total.merge(D.all_reduce_sum(cm.matrix, ctx))
-        if figures is not None and ctx.is_main:  # figures/confusion.png, samples.png: overwritten each time
-            write_figures(total, keep.samples, dataset.classes, dataset.palette, *run_figure_paths(figures))
-        miou = total.miou()
-        per_class = {c: (None if math.isnan(v) else round(float(v), 4)) for c, v in zip(dataset.classes, total.iou())}
-        return MIoU(miou if math.isfinite(miou) else 0.0, per_class)
-
-    return val
-
-
 def default_out_dir(stage: str) -> Path:
     return Path("runs") / stage
 
@@ -380,10 +296,6 @@ def train(cfg: Config, stage: str, out_dir: str | Path | None = None, *, teacher
     Works under `torchrun` (one process per device; rank 0 logs and saves). `resume` is a last.pt
     path (or an already loaded one); its folder is the default `out_dir`.
     """
-    from igldt.checkpoint import load_checkpoint
-    from igldt.data.loaders import build_train_loaders, build_val_set
-    from igldt.train.stages import build_stage
-
     if stage not in STAGES:
         raise ValueError(f"--stage {stage}: choose one of {', '.join(STAGES)}")
     resume_ckpt = resume

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from igldt import losses as L
+from igldt.checkpoint import load_teachers, student_payload, teachers_payload
 from igldt.config import Config
+from igldt.models import build_role, param_groups
 from igldt.train.distributed import DistContext, unwrap, wrap
 
 Outputs = dict  # {"logits": B x N x H x W, "features": B x C x h x w}
@@ -26,7 +28,6 @@ def _split(out: Outputs, n: int) -> tuple[Outputs, Outputs]:
 
 
 def _groups(model: nn.Module, prefix: str, head_lr_mult: float, attention_lr_mult: float | None = None) -> list[dict]:
-    from igldt.models import param_groups
     groups = param_groups(model, head_lr_mult=head_lr_mult, attention_lr_mult=attention_lr_mult)
     return [{**g, "name": f"{prefix}/{g['name']}"} for g in groups if g["params"]]
 
@@ -162,7 +163,6 @@ class Stage:
 
     def export_payload(self, meta: dict) -> dict:
         """best.pt for this stage (export-ready); `meta` has classes, palette, mean, std, config."""
-        from igldt.checkpoint import student_payload
         return student_payload(self.modules()["student"], None, kind=self.kind, **meta)
 
 
@@ -228,7 +228,6 @@ class TeachersStage(Stage):
                 "ensemble": Ensemble(pair.global_teacher, pair.local_teacher)}
 
     def export_payload(self, meta: dict) -> dict:
-        from igldt.checkpoint import teachers_payload
         pair = self.modules()["teachers"]
         return teachers_payload(pair.global_teacher, pair.local_teacher, **meta)
 
@@ -323,7 +322,6 @@ STAGES = {"supervised": SupervisedStage, "teachers": TeachersStage, "student": S
 def build_stage(cfg: Config, name: str, num_classes: int, teachers: str | None = None) -> Stage:
     """The stage `name` with its models built from `cfg.model` (the student stage loads both
     teachers from the teachers checkpoint `teachers`, whose arch it reads from the file)."""
-    from igldt.models import build_role
     if name not in STAGES:
         raise ValueError(f"--stage {name}: choose one of {', '.join(STAGES)}")
     if name == "supervised":
@@ -334,7 +332,6 @@ def build_stage(cfg: Config, name: str, num_classes: int, teachers: str | None =
     if not teachers:
         raise ValueError("the student stage needs the teachers: pass --teachers runs/teachers/best.pt "
                          "(from `igldt train --stage teachers`)")
-    from igldt.checkpoint import load_teachers
     g, r, meta = load_teachers(teachers)
     for role, m in (("global", g), ("local", r)):
         if m.num_classes != num_classes:
