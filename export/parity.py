@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from igldt.metrics import ConfusionMatrix, checked_labels, evaluate_predictor, labelled_items, scored_count
+from igldt.metrics import ConfusionMatrix, checked_labels, evaluate_predictor, scored_count
 
 # Allowed mIoU drop in points (percent) by precision of the engine under test.
 TOLERANCE = {"fp32": 0.05, "fp16": 0.1, "int8": 1.0}
@@ -43,24 +43,31 @@ def compare(engine, reference, dataset, *, limit: int | None = None, tolerance: 
         raise ValueError(f"reference {reference.path.name} has {reference.num_classes} classes, "
                          f"{engine.path.name} has {n}")
     both_logits = reference is not None and engine.output_kind == "logits" and reference.output_kind == "logits"
-    cm_e, cm_r = ConfusionMatrix(n), ConfusionMatrix(n) if reference is not None else None
-    same = total_px = 0
-    max_diff = 0.0
-    total = scored_count(dataset, limit)
-    for i, image, mask in labelled_items(dataset, limit, progress=progress):
-        name = str(dataset.items[i].image) if hasattr(dataset, "items") else f"item {i}"
-        le, ge = _labels_and_logits(engine, image, name, both_logits)
-        le = checked_labels(le, mask, i)
-        cm_e.update(le, mask)
+    cm_r = ConfusionMatrix(n) if reference is not None else None
+    pair = {"same": 0, "pixels": 0, "max_diff": 0.0}
+    last = {}  # the engine's logits of the image being scored, for the reference's comparison
+
+    def engine_labels(image):
+        labels, last["logits"] = _labels_and_logits(engine, image, "image", both_logits)
+        return labels
+
+    def with_reference(i, image, mask, le):  # the same image through the reference, in the same pass
         if observe is not None:
             observe(i, image, mask, le)
-        if reference is not None:
-            lr, gr = _labels_and_logits(reference, image, name, both_logits)
-            cm_r.update(lr, mask)
-            same += int((le == lr).sum())
-            total_px += le.size
-            if both_logits:
-                max_diff = max(max_diff, float(np.abs(ge - gr).max()))
+        if reference is None:
+            return
+        name = str(dataset.items[i].image) if hasattr(dataset, "items") else f"item {i}"
+        lr, gr = _labels_and_logits(reference, image, name, both_logits)
+        cm_r.update(checked_labels(lr, mask, i), mask)
+        pair["same"] += int((le == lr).sum())
+        pair["pixels"] += le.size
+        if both_logits:
+            pair["max_diff"] = max(pair["max_diff"], float(np.abs(last["logits"] - gr).max()))
+
+    _, cm_e = evaluate_predictor(engine_labels, dataset, num_classes=n, limit=limit, progress=progress,
+                                 observe=with_reference)
+    total = scored_count(dataset, limit)
+    same, total_px, max_diff = pair["same"], pair["pixels"], pair["max_diff"]
     out = {"images": total, "classes": classes,
            "engine": {"path": str(engine.path), "backend": engine.backend.name,
                       "precision": engine.meta.get("precision"), **cm_e.to_dict(classes)}}
