@@ -186,3 +186,11 @@ def test_the_schemas_choices_are_the_ones_the_code_takes():
     assert get_args(schema.Head) == HEADS and get_args(schema.EvalMode) == MODES
     for mode in get_args(schema.AmpMode):
         build_amp(mode, torch.device("cpu"))  # refuses any other
+
+
+def test_default_normalisation_is_the_imagenet_constant():
+    """default.yaml's data.mean/std (what training uses) and igldt.constants (what an artefact that
+    records none falls back to) say the same thing: the one normalisation of the pretrained backbones."""
+    from igldt.constants import IMAGENET_MEAN, IMAGENET_STD
+    cfg = load_config()
+    assert cfg.data.mean == tuple(IMAGENET_MEAN) and cfg.data.std == tuple(IMAGENET_STD)
