@@ -29,6 +29,11 @@ def _labels_and_logits(pred, image, name, want_logits: bool):
     return pred.predict([image], [name])[0], None
 
 
+def _item_name(dataset, i: int) -> str:
+    """What an error about item `i` names: its image file where the dataset knows it."""
+    return str(dataset.items[i].image) if hasattr(dataset, "items") else f"item {i}"
+
+
 def compare(engine, reference, dataset, *, limit: int | None = None, tolerance: float | None = None,
             progress: Callable[[int, int], None] | None = None,
             observe: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None) -> dict:
@@ -45,10 +50,11 @@ def compare(engine, reference, dataset, *, limit: int | None = None, tolerance: 
     both_logits = reference is not None and engine.output_kind == "logits" and reference.output_kind == "logits"
     cm_r = ConfusionMatrix(n) if reference is not None else None
     pair = {"same": 0, "pixels": 0, "max_diff": 0.0}
-    last = {}  # the engine's logits of the image being scored, for the reference's comparison
+    last = {"next": 0}  # the item being scored and the engine's logits of it, for the reference
 
-    def engine_labels(image):
-        labels, last["logits"] = _labels_and_logits(engine, image, "image", both_logits)
+    def engine_labels(image):  # called once per item, in index order (metrics.labelled_items)
+        i, last["next"] = last["next"], last["next"] + 1
+        labels, last["logits"] = _labels_and_logits(engine, image, _item_name(dataset, i), both_logits)
         return labels
 
     def with_reference(i, image, mask, le):  # the same image through the reference, in the same pass
@@ -56,8 +62,7 @@ def compare(engine, reference, dataset, *, limit: int | None = None, tolerance: 
             observe(i, image, mask, le)
         if reference is None:
             return
-        name = str(dataset.items[i].image) if hasattr(dataset, "items") else f"item {i}"
-        lr, gr = _labels_and_logits(reference, image, name, both_logits)
+        lr, gr = _labels_and_logits(reference, image, _item_name(dataset, i), both_logits)
         cm_r.update(checked_labels(lr, mask, i), mask)
         pair["same"] += int((le == lr).sum())
         pair["pixels"] += le.size
