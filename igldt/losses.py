@@ -27,16 +27,19 @@ LOSS_TERMS = get_args(LossTerm)  # Table 3 ablation switches (cfg.method.losses)
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _ce(logits: torch.Tensor, target: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel CE averaged over non-ignored pixels; 0 (still in the graph) when every pixel is ignored.
+    `class_weight`: each pixel weighted by its target's class weight and the CE the weighted mean.
 
     `F.cross_entropy(..., ignore_index)` returns NaN for an all-ignored batch (0/0), which would count
     as a non-finite step; a crop of pure void is legitimate data, so it contributes zero instead.
     """
     logits = logits.float()
     valid = target != IGNORE_INDEX
-    total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / valid.sum().clamp_min(1)
+    total = F.cross_entropy(logits, target, weight=class_weight, ignore_index=IGNORE_INDEX, reduction="sum")
+    if class_weight is None:
+        return total / valid.sum().clamp_min(1)
+    return total / class_weight[target[valid]].sum().clamp_min(1e-12)
 
 
 def align_features(f_student: torch.Tensor, f_teacher: torch.Tensor) -> torch.Tensor:
@@ -77,7 +80,8 @@ def supervised_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def pseudo_label_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, threshold: float | None = None,
-                    target: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
+                    target: torch.Tensor | None = None, valid: torch.Tensor | None = None,
+                    class_weight: torch.Tensor | None = None) -> torch.Tensor:
     """(7) / (12) CE(S, Y_T) against the teacher's hard prediction Y_T = argmax(teacher logits).
 
     `threshold`: pixels where the teacher's max softmax is below it are ignored (off when None).
@@ -87,7 +91,7 @@ def pseudo_label_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     ignore = None if target is None else target == IGNORE_INDEX
     if valid is not None:
         ignore = ~valid if ignore is None else ignore | ~valid
-    return _ce(student_logits, pseudo_labels(teacher_logits, threshold, ignore))
+    return _ce(student_logits, pseudo_labels(teacher_logits, threshold, ignore), class_weight)
 
 
 def aligned_logits(logits: torch.Tensor, prior: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
@@ -202,16 +206,20 @@ class LossConfig:
     align: bool = False
     cps_labelled: bool = True
     single_state: str = "half"
+    cps_class_power: float | None = None
 
     @classmethod
     def from_cfg(cls, method: MethodConfig) -> "LossConfig":
         """The losses' view of a `method:` section, whose types and choices were checked at load."""
         if method.threshold is not None and not 0.0 <= method.threshold <= 1.0:
             raise ValueError(f"method.threshold={method.threshold}: a confidence in [0, 1], or null for off")
+        if method.cps_class_power is not None and method.cps_class_power < 0:
+            raise ValueError(f"method.cps_class_power={method.cps_class_power}: a power >= 0 (0.5: inverse square "
+                             "root of the class frequency), or null for unweighted CPS")
         return cls(alpha=method.alpha, grid=method.grid, losses=frozenset(method.losses), threshold=method.threshold,
                    cps_weight=method.cps_weight, cps_rampup=method.cps_rampup, cps_warmup=method.cps_warmup,
                    pseudo_labelled=method.pseudo_labelled, align=method.align, cps_labelled=method.cps_labelled,
-                   single_state=method.single_state)
+                   single_state=method.single_state, cps_class_power=method.cps_class_power)
 
 
 def _zero(ref: torch.Tensor) -> torch.Tensor:
@@ -316,7 +324,7 @@ def cutmix(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
 def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: torch.Tensor | None,
              r_u: torch.Tensor | None, weight: float = 1.5, valid_u: torch.Tensor | None = None,
              labelled_too: bool = False, targets_u: tuple[torch.Tensor, torch.Tensor] | None = None,
-             ) -> tuple[torch.Tensor, dict]:
+             class_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Stage 1 (CPS, Chen et al. 2021): CE on labelled images for both teachers, plus `weight` (lambda)
     times each teacher's CE against the other's hard prediction on unlabelled images, and with
     `labelled_too` on the labelled images as well (CPS's own code takes the cross CE over the whole
@@ -328,6 +336,8 @@ def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: to
     `targets_u`: the (global, local) logits the unlabelled hard labels are taken from, when they are
     not `g_u`, `r_u` themselves (CPS with CutMix: each network's prediction on the unmixed images,
     mixed like the images; `TeachersStage`).
+    `class_weight`: the cross CE's pixels weighted by their pseudo-label's class weight
+    (`class_balance_weights`, `method.cps_class_power`); the labelled CE stays unweighted.
     """
     sup_g, sup_r = supervised_ce(g_l, target), supervised_ce(r_l, target)
     if g_u is None or r_u is None:
@@ -338,9 +348,37 @@ def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: to
         g_u, r_u, t_g, t_r = torch.cat([g_l, g_u]), torch.cat([r_l, r_u]), torch.cat([g_l, t_g]), torch.cat([r_l, t_r])
         if valid_u is not None:
             valid_u = torch.cat([torch.ones_like(valid_u[:1]).expand(g_l.shape[0], -1, -1), valid_u])
-    cps = pseudo_label_ce(g_u, t_r, valid=valid_u) + pseudo_label_ce(r_u, t_g, valid=valid_u)
+    cps = (pseudo_label_ce(g_u, t_r, valid=valid_u, class_weight=class_weight)
+           + pseudo_label_ce(r_u, t_g, valid=valid_u, class_weight=class_weight))
     loss = sup_g + sup_r + weight * cps
     return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "cps": cps.detach(), "loss": loss.detach()}
+
+
+FREQUENCY_MOMENTUM = 0.99  # running class frequency: ~the last 100 labelled batches
+FREQUENCY_FLOOR = 1e-3     # a class unseen so far weighs at most ~17x road's (CamVid, p = 0.5)
+
+
+def running_class_frequency(counts: torch.Tensor, running: torch.Tensor | None = None) -> torch.Tensor:
+    """The running pixel frequency f_c of each class in the labelled ground truth: an exponential
+    moving average (`FREQUENCY_MOMENTUM`) of each batch's frequencies (`counts`: its pixels per class,
+    `label_counts`), started at the first batch. For class-balanced CPS (docs/method.md)."""
+    f = counts.float() / counts.sum().clamp_min(1)
+    return f if running is None else FREQUENCY_MOMENTUM * running.to(f.device) + (1 - FREQUENCY_MOMENTUM) * f
+
+
+def label_counts(target: torch.Tensor, classes: int) -> torch.Tensor:
+    """Pixels of each class in a label map, void (IGNORE_INDEX) left out."""
+    known = target[target != IGNORE_INDEX]
+    return torch.bincount(known.reshape(-1), minlength=classes)[:classes]
+
+
+def class_balance_weights(freq: torch.Tensor, power: float) -> torch.Tensor:
+    """Class-balanced CPS weights w_c = f_c^-p (a deviation from METHOD.md, docs/method.md), with f
+    floored at `FREQUENCY_FLOOR` and w scaled so that the labelled distribution's mean weight
+    sum_c f_c w_c is 1: the cross CE keeps its scale, and a rare class's pseudo-labels count more
+    (CPS otherwise pulls both teachers toward road, sky and building: docs/experiments.md, section 13)."""
+    w = freq.clamp_min(FREQUENCY_FLOOR).pow(-power)
+    return w / (freq * w).sum()
 
 
 def cps_weight_at(iteration: int, weight: float, rampup: int = 0, warmup: int = 0) -> float:

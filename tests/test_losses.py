@@ -354,3 +354,43 @@ def test_teachers_learn_on_mixed_images_from_each_others_mixed_labels():
     assert plain.item() != pytest.approx(loss.item())
     with pytest.raises(ValueError, match="data.cutmix"):
         StudentStage(cfg, Pixelwise(3), g, r)
+
+
+def test_class_balance_weights_keep_the_mean_and_favour_rare_classes():
+    """Class-balanced CPS (method.cps_class_power): w_c = f_c^-p with sum_c f_c w_c = 1, an unseen
+    class floored; p = 0 is plain CPS; the running frequency is an EMA started at the first batch."""
+    f = torch.tensor([0.7, 0.2, 0.1, 0.0])
+    w = L.class_balance_weights(f, 0.5)
+    assert (f * w).sum().item() == pytest.approx(1.0)
+    assert w[3] > w[2] > w[1] > w[0]
+    assert (w[2] / w[0]).item() == pytest.approx((0.7 / 0.1) ** 0.5)
+    assert (w[3] / w[0]).item() == pytest.approx((0.7 / L.FREQUENCY_FLOOR) ** 0.5)
+    assert torch.allclose(L.class_balance_weights(f, 0.0), torch.ones(4))
+    y = torch.tensor([[0, 0, 1, IGN]])
+    counts = L.label_counts(y, 3)
+    assert counts.tolist() == [2, 1, 0]
+    first = L.running_class_frequency(counts)
+    assert torch.allclose(first, torch.tensor([2 / 3, 1 / 3, 0.0]))
+    second = L.running_class_frequency(torch.tensor([0, 0, 4]), first)
+    assert torch.allclose(second, L.FREQUENCY_MOMENTUM * first + (1 - L.FREQUENCY_MOMENTUM) * torch.tensor([0.0, 0, 1]))
+
+
+def test_class_weighted_cross_ce_is_the_weighted_mean_over_pseudo_labels():
+    """cps_loss with class weights: each cross pixel weighted by its pseudo-label's class weight,
+    averaged with those weights (equal weights: plain CPS); the labelled CE stays unweighted."""
+    g_l, r_l, g_u, r_u = (_outs(i)["logits"] for i in range(4))
+    y = torch.randint(0, 3, (2, 8, 8))
+    plain, t0 = L.cps_loss(g_l, r_l, y, g_u, r_u, weight=1.5)
+    same, t1 = L.cps_loss(g_l, r_l, y, g_u, r_u, weight=1.5, class_weight=torch.full((3,), 2.0))
+    assert same.item() == pytest.approx(plain.item(), rel=1e-6)
+    w = torch.tensor([0.5, 1.0, 3.0])
+    _, terms = L.cps_loss(g_l, r_l, y, g_u, r_u, weight=1.5, class_weight=w)
+    ce = torch.nn.functional.cross_entropy
+
+    def weighted(s, t):
+        lab = t.argmax(1)
+        return (ce(s, lab, reduction="none") * w[lab]).sum() / w[lab].sum()
+    assert terms["cps"].item() == pytest.approx((weighted(g_u, r_u) + weighted(r_u, g_u)).item(), rel=1e-6)
+    assert terms["sup_g"].item() == pytest.approx(t0["sup_g"].item())
+    with pytest.raises(ValueError, match="cps_class_power"):
+        L.LossConfig.from_cfg(load_config(overrides=["method.cps_class_power=-1"]).method)

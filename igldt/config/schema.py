@@ -103,6 +103,7 @@ class MethodConfig:
     cps_rampup: int
     cps_warmup: int
     cps_labelled: bool
+    cps_class_power: float | None
     alpha: float
     grid: int
     losses: tuple[LossTerm, ...]

@@ -17,9 +17,10 @@ from igldt import losses as L
 from igldt.checkpoint import load_teachers, student_payload, teachers_payload
 from igldt.config import Config
 from igldt.models import build_role, param_groups
-from igldt.train.distributed import DistContext, unwrap, wrap
+from igldt.train.distributed import DistContext, all_reduce_sum, unwrap, wrap
 
 Outputs = dict  # {"logits": B x N x H x W, "features": B x C x h x w}
+CLASS_FREQ_KEY = "cps_class_freq"  # last.pt's models entry for TeachersStage's running class frequency
 
 
 def _split(out: Outputs, n: int) -> tuple[Outputs, Outputs]:
@@ -94,6 +95,7 @@ class Stage:
         self._raw = dict(trainable)
         self.run: dict[str, nn.Module] = dict(trainable)  # what step() calls: DDP-wrapped when distributed
         self.frozen: dict[str, nn.Module] = {}
+        self.ctx: DistContext | None = None  # set by distribute()
 
     # -- placement -------------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
@@ -107,6 +109,7 @@ class Stage:
         return self
 
     def distribute(self, ctx: DistContext, sync_bn: bool = False) -> None:
+        self.ctx = ctx
         self.run = {k: wrap(m, ctx, sync_bn) for k, m in self.run.items()}
 
     def train(self) -> None:
@@ -188,6 +191,30 @@ class TeachersStage(Stage):
 
     def __init__(self, cfg: Config, global_teacher: nn.Module, local_teacher: nn.Module):
         super().__init__(cfg, {"teachers": TeacherPair(global_teacher, local_teacher)})
+        self.class_freq: torch.Tensor | None = None  # labelled class frequency, for method.cps_class_power
+
+    def _class_weight(self, target: torch.Tensor, classes: int) -> torch.Tensor | None:
+        """Class-balanced CPS (`method.cps_class_power` p; off when null): update the running labelled
+        class frequency with this batch (summed over ranks, so every rank weighs alike) and return the
+        cross CE's class weights f^-p. Updated from the first iteration, warm-up included."""
+        if self.opts.cps_class_power is None:
+            return None
+        counts = L.label_counts(target, classes)
+        if self.ctx is not None and self.ctx.distributed:
+            counts = torch.from_numpy(all_reduce_sum(counts.cpu().numpy(), self.ctx)).to(target.device)
+        self.class_freq = L.running_class_frequency(counts, self.class_freq)
+        return L.class_balance_weights(self.class_freq, self.opts.cps_class_power)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.class_freq is not None:  # resumes weigh the cross CE as the run did
+            state[CLASS_FREQ_KEY] = self.class_freq.detach().cpu()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self.class_freq = state.pop(CLASS_FREQ_KEY, None)
+        super().load_state_dict(state)
 
     def param_groups(self) -> list[dict]:
         pair, (mult, att) = self.modules()["teachers"], self._lr_mults()
@@ -198,6 +225,7 @@ class TeachersStage(Stage):
         lam = L.cps_weight_at(iteration, self.opts.cps_weight, self.opts.cps_rampup, self.opts.cps_warmup)
         if lam == 0.0:  # labelled-only warm-up (method.cps_warmup): an unlabelled forward would add nothing
             g_l, r_l = self.run["teachers"](batch_l["image"])
+            self._class_weight(batch_l["mask"], g_l["logits"].shape[1])  # the frequencies count from the start
             loss, terms = L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], None, None, lam)
             return loss, {**terms, "lambda": torch.tensor(lam)}
         x_u, valid, targets = batch_u["image"], batch_u.get("valid"), None
@@ -206,8 +234,9 @@ class TeachersStage(Stage):
         # One forward per teacher over labelled + unlabelled: one graph per step, as DDP expects.
         g, r = self.run["teachers"](torch.cat([batch_l["image"], x_u]))
         (g_l, g_u), (r_l, r_u) = _split(g, n), _split(r, n)
+        weight = self._class_weight(batch_l["mask"], g_l["logits"].shape[1])
         loss, terms = L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], g_u["logits"], r_u["logits"],
-                                 lam, valid, self.opts.cps_labelled, targets)
+                                 lam, valid, self.opts.cps_labelled, targets, weight)
         return loss, {**terms, "lambda": torch.tensor(lam)}
 
     def _mixed(self, batch_u: dict) -> tuple[torch.Tensor, torch.Tensor | None, tuple]:

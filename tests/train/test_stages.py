@@ -187,3 +187,39 @@ def test_alignment_tracks_the_class_frequencies_and_resumes():
     with pytest.raises(ValueError, match="method.align differs"):
         StudentStage(plain, build_role(plain, "student", 3), build_role(plain, "global_teacher", 3),
                      build_role(plain, "local_teacher", 3)).load_state_dict(state)
+
+
+def test_class_balanced_cps_counts_labels_from_the_start_and_resumes():
+    """method.cps_class_power: the teachers stage keeps the labelled class frequency from its first
+    (warm-up) step, weighs the cross CE by it once CPS starts, and saves it for a resume."""
+    import torch
+    from igldt.models import build_role
+    from igldt.train.stages import CLASS_FREQ_KEY, TeachersStage
+    small = ["model.teachers=dual-local", "model.local_teacher={backbone: resnet18}", "method.cps_warmup=1"]
+
+    def stage(power):
+        cfg = load_config("demo", [*small, f"method.cps_class_power={power}"])
+        torch.manual_seed(0)
+        s = TeachersStage(cfg, build_role(cfg, "global_teacher", 3), build_role(cfg, "local_teacher", 3))
+        s.train()
+        return s
+    mask = torch.zeros(2, 32, 48, dtype=torch.long)
+    mask[:, :8] = 2
+    mask[:, -4:] = 255
+    gen = torch.Generator().manual_seed(0)
+    bl = {"image": torch.randn(2, 3, 32, 48, generator=gen), "mask": mask}
+    bu = {"image": torch.randn(2, 3, 32, 48, generator=gen)}
+    weighted, plain = stage(0.5), stage("null")
+    for s in (weighted, plain):
+        s.step(bl, bu, 1)  # warm-up: labels only, the frequency starts counting
+    assert torch.allclose(weighted.class_freq, torch.tensor([20 / 28, 0.0, 8 / 28]))
+    assert CLASS_FREQ_KEY not in plain.state_dict()
+    torch.manual_seed(1)  # the same dropout draws in both
+    _, tw = weighted.step(bl, bu, 2)
+    torch.manual_seed(1)
+    _, tp = plain.step(bl, bu, 2)
+    assert float(tw["sup_g"]) == pytest.approx(float(tp["sup_g"])) and float(tw["cps"]) != pytest.approx(float(tp["cps"]))
+    state = weighted.state_dict()
+    other = stage(0.5)
+    other.load_state_dict(state)
+    assert torch.equal(other.class_freq, weighted.class_freq)
