@@ -150,8 +150,8 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path)
     def describe(spec) -> str:
         if spec is None:
             return "mean of the two teachers' probabilities"
-        extra = f" + {spec.get('attention')} attention layers" if spec.get("attention") else ""
-        return f"{spec['backbone']} ({spec.get('head', 'dense')} head{extra})"
+        extra = f" + {spec.attention} attention layers" if spec.attention else ""
+        return f"{spec.backbone} ({spec.head} head{extra})"
 
     def stats(vs: list) -> str:
         vs = [v for v in vs if v is not None]
@@ -199,7 +199,7 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path)
         f"Every checkpoint stays in its run folder (`{out}/seed<S>/<step>/best.pt`; the teachers' file holds "
         "both teachers), so any row can be scored on other data, e.g. "
         f"`igldt evaluate --weights {out}/seed{seeds[0]}/student/best.pt --data ROOT --dataset camvid --split test`. "
-        "What the table says and why the student is not further ahead, with figures: "
+        "What the table says, how it came about and what was tried, with figures: "
         "[experiments.md](experiments.md).",
         "",
         "Per-class IoU (%), mean over the seeds, of each best.pt (from the validation that chose it, logged in "
@@ -217,7 +217,9 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path)
         f"{teach.train.warmup_iters} for the teachers), "
         f"losses {list(cfg.method.losses)}, alpha {cfg.method.alpha}, grid {cfg.method.grid}, "
         f"CPS weight {cfg.method.cps_weight} (ramp-up {cfg.method.cps_rampup} iterations"
-        + (", with CutMix" if teach.data.cutmix else "") + "), "
+        + (", with CutMix" if teach.data.cutmix else "")
+        + (f", class-balanced: cross-CE pixels weighted by labelled class frequency^-{teach.method.cps_class_power}"
+           if teach.method.cps_class_power else "") + "), "
         f"pseudo-label threshold {cfg.method.threshold}.",
         "",
         "## Commands and wall time",
