@@ -6,7 +6,11 @@ CamVid's "unlabelled" images do have masks, so the labels the student is taught 
 directly: that is the ceiling of the pseudo-label terms (7) and (12), class by class.
 
     python scripts/pseudo_label_quality.py runs/exp/teach_l0_1200/best.pt --data ../shared/data/camvid \
-        [--also runs/exp/sup_warm100/best.pt ...] [--limit 100]
+        [--also runs/exp/sup_warm100/best.pt ...] [--limit 100] [--by-sequence]
+
+With --by-sequence each pool is also scored per recording: CamVid's val split is one recording
+(0016E5), the train pools hold three (0001TP, 0006R0, 0016E5), so the other two show whether what a
+model learned carries beyond the val recording.
 """
 from __future__ import annotations
 
@@ -33,6 +37,24 @@ def probabilities(model, image: np.ndarray, mean, std, stride: int) -> torch.Ten
     return model(x)["logits"][..., :h, :w].softmax(1)
 
 
+def report(name: str, images: int, cms: dict[str, ConfusionMatrix], classes: list[str]) -> dict:
+    """Print and return each model's per-class IoU and predicted pixel share on one pool."""
+    first = next(iter(cms.values())).matrix
+    gt_share = first.sum(1) / first.sum()
+    out = {"images": images, "gt_share": dict(zip(classes, gt_share.round(4).tolist()))}
+    print(f"\n{name}, {images} images; per-class IoU % (predicted pixel share % / ground truth's)")
+    print(f"{'':>14}" + "".join(f"{c[:9]:>10}" for c in classes) + "      mIoU")
+    for k, cm in cms.items():
+        iou = np.diag(cm.matrix) / np.maximum(cm.matrix.sum(0) + cm.matrix.sum(1) - np.diag(cm.matrix), 1)
+        share = cm.matrix.sum(0) / cm.matrix.sum()
+        out[k] = {"miou": float(iou.mean()), "iou": dict(zip(classes, iou.round(4).tolist())),
+                  "share": dict(zip(classes, share.round(4).tolist()))}
+        label = k if len(k) <= 14 else "..." + k[-11:]
+        print(f"{label:>14}" + "".join(f"{100 * v:10.1f}" for v in iou) + f"{100 * iou.mean():10.2f}")
+        print(f"{'share':>14}" + "".join(f"{100 * s:4.1f}/{100 * t:<5.1f}" for s, t in zip(share, gt_share)))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("teachers")
@@ -41,6 +63,7 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="CamVid root")
     ap.add_argument("--limit", type=int, default=None, help="images per pool (default: all)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--by-sequence", action="store_true", help="also per recording (the file name's prefix)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     cfg = load_config(args.preset, [f"data.root={args.data}"])
@@ -53,26 +76,22 @@ def main() -> None:
     n = len(classes)
     result = {}
     for pool, ds in (("labelled", labelled), ("unlabelled", unlabelled)):
-        cms = {k: ConfusionMatrix(n) for k in [*models, "ensemble"]}
         count = min(len(ds), args.limit or len(ds))
+        # With --by-sequence also per recording (CamVid's file prefix: 0001TP, 0006R0, 0016E5): its val
+        # split is all 0016E5, so the other sequences show how the labels carry to other streets.
+        group = (lambda i: [pool, f"{pool} {ds.ids[i].split('_')[0]}"]) if args.by_sequence else (lambda i: [pool])
+        cms: dict[str, dict[str, ConfusionMatrix]] = {}
+        images: dict[str, int] = {}
         for i in range(count):
             image, mask = ds.load_image(i), ds.load_mask(i)
             probs = {k: probabilities(m, image, mean, std, int(getattr(m, "stride", 16))) for k, m in models.items()}
             probs["ensemble"] = (probs["T_SU"] + probs["T_RU"]) / 2
-            for k, p in probs.items():
-                cms[k].update(p[0].argmax(0).numpy(), mask)
-        gt_share = cms["T_SU"].matrix.sum(1) / cms["T_SU"].matrix.sum()
-        result[pool] = {"images": count, "gt_share": dict(zip(classes, gt_share.round(4).tolist()))}
-        print(f"\n{pool} pool, {count} images; per-class IoU % (predicted pixel share % / ground truth's)")
-        print(f"{'':>14}" + "".join(f"{c[:9]:>10}" for c in classes) + "      mIoU")
-        for k, cm in cms.items():
-            iou = np.diag(cm.matrix) / np.maximum(cm.matrix.sum(0) + cm.matrix.sum(1) - np.diag(cm.matrix), 1)
-            share = cm.matrix.sum(0) / cm.matrix.sum()
-            result[pool][k] = {"miou": float(iou.mean()), "iou": dict(zip(classes, iou.round(4).tolist())),
-                               "share": dict(zip(classes, share.round(4).tolist()))}
-            name = k if len(k) <= 14 else "..." + k[-11:]
-            print(f"{name:>14}" + "".join(f"{100 * v:10.1f}" for v in iou) + f"{100 * iou.mean():10.2f}")
-            print(f"{'share':>14}" + "".join(f"{100 * s:4.1f}/{100 * t:<5.1f}" for s, t in zip(share, gt_share)))
+            for name in group(i):
+                images[name] = images.get(name, 0) + 1
+                for k, p in probs.items():
+                    cms.setdefault(name, {}).setdefault(k, ConfusionMatrix(n)).update(p[0].argmax(0).numpy(), mask)
+        for name, by_model in cms.items():
+            result[name] = report(name, images[name], by_model, classes)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
