@@ -207,6 +207,7 @@ class LossConfig:
     cps_labelled: bool = True
     single_state: str = "half"
     cps_class_power: float | None = None
+    cps_class_ratio: bool = False
 
     @classmethod
     def from_cfg(cls, method: MethodConfig) -> "LossConfig":
@@ -216,10 +217,14 @@ class LossConfig:
         if method.cps_class_power is not None and method.cps_class_power < 0:
             raise ValueError(f"method.cps_class_power={method.cps_class_power}: a power >= 0 (0.5: inverse square "
                              "root of the class frequency), or null for unweighted CPS")
+        if method.cps_class_ratio and method.cps_class_power is None:
+            raise ValueError("method.cps_class_ratio=true weighs by (labelled / pseudo-label frequency)^p: "
+                             "set method.cps_class_power too (e.g. 0.5)")
         return cls(alpha=method.alpha, grid=method.grid, losses=frozenset(method.losses), threshold=method.threshold,
                    cps_weight=method.cps_weight, cps_rampup=method.cps_rampup, cps_warmup=method.cps_warmup,
                    pseudo_labelled=method.pseudo_labelled, align=method.align, cps_labelled=method.cps_labelled,
-                   single_state=method.single_state, cps_class_power=method.cps_class_power)
+                   single_state=method.single_state, cps_class_power=method.cps_class_power,
+                   cps_class_ratio=method.cps_class_ratio)
 
 
 def _zero(ref: torch.Tensor) -> torch.Tensor:
@@ -337,7 +342,7 @@ def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: to
     not `g_u`, `r_u` themselves (CPS with CutMix: each network's prediction on the unmixed images,
     mixed like the images; `TeachersStage`).
     `class_weight`: the cross CE's pixels weighted by their pseudo-label's class weight
-    (`class_balance_weights`, `method.cps_class_power`); the labelled CE stays unweighted.
+    (`class_balance.class_balance_weights`, `method.cps_class_power`); the labelled CE stays unweighted.
     """
     sup_g, sup_r = supervised_ce(g_l, target), supervised_ce(r_l, target)
     if g_u is None or r_u is None:
@@ -352,33 +357,6 @@ def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: to
            + pseudo_label_ce(r_u, t_g, valid=valid_u, class_weight=class_weight))
     loss = sup_g + sup_r + weight * cps
     return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "cps": cps.detach(), "loss": loss.detach()}
-
-
-FREQUENCY_MOMENTUM = 0.99  # running class frequency: ~the last 100 labelled batches
-FREQUENCY_FLOOR = 1e-3     # a class unseen so far weighs at most ~17x road's (CamVid, p = 0.5)
-
-
-def running_class_frequency(counts: torch.Tensor, running: torch.Tensor | None = None) -> torch.Tensor:
-    """The running pixel frequency f_c of each class in the labelled ground truth: an exponential
-    moving average (`FREQUENCY_MOMENTUM`) of each batch's frequencies (`counts`: its pixels per class,
-    `label_counts`), started at the first batch. For class-balanced CPS (docs/method.md)."""
-    f = counts.float() / counts.sum().clamp_min(1)
-    return f if running is None else FREQUENCY_MOMENTUM * running.to(f.device) + (1 - FREQUENCY_MOMENTUM) * f
-
-
-def label_counts(target: torch.Tensor, classes: int) -> torch.Tensor:
-    """Pixels of each class in a label map, void (IGNORE_INDEX) left out."""
-    known = target[target != IGNORE_INDEX]
-    return torch.bincount(known.reshape(-1), minlength=classes)[:classes]
-
-
-def class_balance_weights(freq: torch.Tensor, power: float) -> torch.Tensor:
-    """Class-balanced CPS weights w_c = f_c^-p (a deviation from METHOD.md, docs/method.md), with f
-    floored at `FREQUENCY_FLOOR` and w scaled so that the labelled distribution's mean weight
-    sum_c f_c w_c is 1: the cross CE keeps its scale, and a rare class's pseudo-labels count more
-    (CPS otherwise pulls both teachers toward road, sky and building: docs/experiments.md, section 13)."""
-    w = freq.clamp_min(FREQUENCY_FLOOR).pow(-power)
-    return w / (freq * w).sum()
 
 
 def cps_weight_at(iteration: int, weight: float, rampup: int = 0, warmup: int = 0) -> float:

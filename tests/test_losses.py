@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from igldt import class_balance as CB
 from igldt import losses as L
 from igldt.config import config_from_dict, load_config
 
@@ -360,19 +361,34 @@ def test_class_balance_weights_keep_the_mean_and_favour_rare_classes():
     """Class-balanced CPS (method.cps_class_power): w_c = f_c^-p with sum_c f_c w_c = 1, an unseen
     class floored; p = 0 is plain CPS; the running frequency is an EMA started at the first batch."""
     f = torch.tensor([0.7, 0.2, 0.1, 0.0])
-    w = L.class_balance_weights(f, 0.5)
+    w = CB.class_balance_weights(f, 0.5)
     assert (f * w).sum().item() == pytest.approx(1.0)
     assert w[3] > w[2] > w[1] > w[0]
     assert (w[2] / w[0]).item() == pytest.approx((0.7 / 0.1) ** 0.5)
-    assert (w[3] / w[0]).item() == pytest.approx((0.7 / L.FREQUENCY_FLOOR) ** 0.5)
-    assert torch.allclose(L.class_balance_weights(f, 0.0), torch.ones(4))
+    assert (w[3] / w[0]).item() == pytest.approx((0.7 / CB.FREQUENCY_FLOOR) ** 0.5)
+    assert torch.allclose(CB.class_balance_weights(f, 0.0), torch.ones(4))
     y = torch.tensor([[0, 0, 1, IGN]])
-    counts = L.label_counts(y, 3)
+    counts = CB.label_counts(y, 3)
     assert counts.tolist() == [2, 1, 0]
-    first = L.running_class_frequency(counts)
+    first = CB.running_class_frequency(counts)
     assert torch.allclose(first, torch.tensor([2 / 3, 1 / 3, 0.0]))
-    second = L.running_class_frequency(torch.tensor([0, 0, 4]), first)
-    assert torch.allclose(second, L.FREQUENCY_MOMENTUM * first + (1 - L.FREQUENCY_MOMENTUM) * torch.tensor([0.0, 0, 1]))
+    second = CB.running_class_frequency(torch.tensor([0, 0, 4]), first)
+    assert torch.allclose(second, CB.FREQUENCY_MOMENTUM * first + (1 - CB.FREQUENCY_MOMENTUM) * torch.tensor([0.0, 0, 1]))
+
+
+def test_ratio_weights_pull_pseudo_labels_toward_the_labelled_distribution():
+    """method.cps_class_ratio: w_c = (f_c / g_c)^p with sum_c g_c w_c = 1: a class the pseudo-labels
+    over-predict weighs less, one they under-predict weighs more, a matching one keeps its share."""
+    f = torch.tensor([0.6, 0.3, 0.1])
+    w = CB.class_balance_weights(f, 0.5, pseudo_freq=f)
+    assert torch.allclose(w, torch.ones(3))
+    g = torch.tensor([0.6, 0.1, 0.3])  # class 1 under-predicted (erased), class 2 over-predicted
+    w = CB.class_balance_weights(f, 0.5, pseudo_freq=g)
+    assert (g * w).sum().item() == pytest.approx(1.0)
+    assert w[1] > w[0] > w[2]
+    assert (w[1] / w[2]).item() == pytest.approx(((0.3 / 0.1) / (0.1 / 0.3)) ** 0.5)
+    with pytest.raises(ValueError, match="cps_class_power"):
+        L.LossConfig.from_cfg(load_config(overrides=["method.cps_class_ratio=true"]).method)
 
 
 def test_class_weighted_cross_ce_is_the_weighted_mean_over_pseudo_labels():

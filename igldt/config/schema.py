@@ -104,6 +104,7 @@ class MethodConfig:
     cps_warmup: int
     cps_labelled: bool
     cps_class_power: float | None
+    cps_class_ratio: bool
     alpha: float
     grid: int
     losses: tuple[LossTerm, ...]

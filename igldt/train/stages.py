@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from igldt import class_balance as CB
 from igldt import losses as L
 from igldt.checkpoint import load_teachers, student_payload, teachers_payload
 from igldt.config import Config
@@ -20,7 +21,8 @@ from igldt.models import build_role, param_groups
 from igldt.train.distributed import DistContext, all_reduce_sum, unwrap, wrap
 
 Outputs = dict  # {"logits": B x N x H x W, "features": B x C x h x w}
-CLASS_FREQ_KEY = "cps_class_freq"  # last.pt's models entry for TeachersStage's running class frequency
+# last.pt's models entries for TeachersStage's running class frequencies (class-balanced CPS)
+CLASS_FREQ_KEY, PSEUDO_FREQ_KEY = "cps_class_freq", "cps_pseudo_freq"
 
 
 def _split(out: Outputs, n: int) -> tuple[Outputs, Outputs]:
@@ -191,29 +193,42 @@ class TeachersStage(Stage):
 
     def __init__(self, cfg: Config, global_teacher: nn.Module, local_teacher: nn.Module):
         super().__init__(cfg, {"teachers": TeacherPair(global_teacher, local_teacher)})
-        self.class_freq: torch.Tensor | None = None  # labelled class frequency, for method.cps_class_power
+        self.class_freq: torch.Tensor | None = None   # labelled class frequency (method.cps_class_power)
+        self.pseudo_freq: torch.Tensor | None = None  # cross pseudo-labels' class frequency (cps_class_ratio)
 
-    def _class_weight(self, target: torch.Tensor, classes: int) -> torch.Tensor | None:
+    def _sum_ranks(self, counts: torch.Tensor) -> torch.Tensor:
+        """Per-class pixel counts summed over ranks, so that every rank weighs alike."""
+        if self.ctx is None or not self.ctx.distributed:
+            return counts
+        return torch.from_numpy(all_reduce_sum(counts.cpu().numpy(), self.ctx)).to(counts.device)
+
+    def _class_weight(self, target: torch.Tensor, classes: int,
+                      pseudo: list[torch.Tensor] | None = None) -> torch.Tensor | None:
         """Class-balanced CPS (`method.cps_class_power` p; off when null): update the running labelled
-        class frequency with this batch (summed over ranks, so every rank weighs alike) and return the
-        cross CE's class weights f^-p. Updated from the first iteration, warm-up included."""
+        class frequency with this batch (from the first iteration, warm-up included) and, with
+        `method.cps_class_ratio`, the frequency of the cross `pseudo`-labels; return the cross CE's
+        class weights (`class_balance.class_balance_weights`)."""
         if self.opts.cps_class_power is None:
             return None
-        counts = L.label_counts(target, classes)
-        if self.ctx is not None and self.ctx.distributed:
-            counts = torch.from_numpy(all_reduce_sum(counts.cpu().numpy(), self.ctx)).to(target.device)
-        self.class_freq = L.running_class_frequency(counts, self.class_freq)
-        return L.class_balance_weights(self.class_freq, self.opts.cps_class_power)
+        self.class_freq = CB.running_class_frequency(self._sum_ranks(CB.label_counts(target, classes)), self.class_freq)
+        if not self.opts.cps_class_ratio:
+            return CB.class_balance_weights(self.class_freq, self.opts.cps_class_power)
+        if not pseudo:
+            return None  # warm-up: no cross pseudo-labels yet
+        counts = sum(CB.label_counts(p, classes) for p in pseudo)
+        self.pseudo_freq = CB.running_class_frequency(self._sum_ranks(counts), self.pseudo_freq)
+        return CB.class_balance_weights(self.class_freq, self.opts.cps_class_power, self.pseudo_freq)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        if self.class_freq is not None:  # resumes weigh the cross CE as the run did
-            state[CLASS_FREQ_KEY] = self.class_freq.detach().cpu()
+        for key, value in ((CLASS_FREQ_KEY, self.class_freq), (PSEUDO_FREQ_KEY, self.pseudo_freq)):
+            if value is not None:  # resumes weigh the cross CE as the run did
+                state[key] = value.detach().cpu()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
-        self.class_freq = state.pop(CLASS_FREQ_KEY, None)
+        self.class_freq, self.pseudo_freq = state.pop(CLASS_FREQ_KEY, None), state.pop(PSEUDO_FREQ_KEY, None)
         super().load_state_dict(state)
 
     def param_groups(self) -> list[dict]:
@@ -234,10 +249,19 @@ class TeachersStage(Stage):
         # One forward per teacher over labelled + unlabelled: one graph per step, as DDP expects.
         g, r = self.run["teachers"](torch.cat([batch_l["image"], x_u]))
         (g_l, g_u), (r_l, r_u) = _split(g, n), _split(r, n)
-        weight = self._class_weight(batch_l["mask"], g_l["logits"].shape[1])
+        cross = self._cross_labels(g_u, r_u, valid, targets)
+        weight = self._class_weight(batch_l["mask"], g_l["logits"].shape[1], cross)
         loss, terms = L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], g_u["logits"], r_u["logits"],
                                  lam, valid, self.opts.cps_labelled, targets, weight)
         return loss, {**terms, "lambda": torch.tensor(lam)}
+
+    def _cross_labels(self, g_u: Outputs, r_u: Outputs, valid: torch.Tensor | None, targets) -> list[torch.Tensor]:
+        """The hard labels each teacher gives the other on the unlabelled images (padding ignored), for
+        `method.cps_class_ratio`; none when it is off."""
+        if not self.opts.cps_class_ratio:
+            return []
+        ignore = None if valid is None else ~valid
+        return [L.pseudo_labels(t, ignore_mask=ignore) for t in (targets or (g_u["logits"], r_u["logits"]))]
 
     def _mixed(self, batch_u: dict) -> tuple[torch.Tensor, torch.Tensor | None, tuple]:
         """CPS with CutMix (the CPS paper's CutMix setting, TorchSemiSeg's train.py): each teacher labels

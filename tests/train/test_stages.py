@@ -197,8 +197,8 @@ def test_class_balanced_cps_counts_labels_from_the_start_and_resumes():
     from igldt.train.stages import CLASS_FREQ_KEY, TeachersStage
     small = ["model.teachers=dual-local", "model.local_teacher={backbone: resnet18}", "method.cps_warmup=1"]
 
-    def stage(power):
-        cfg = load_config("demo", [*small, f"method.cps_class_power={power}"])
+    def stage(power, *more):
+        cfg = load_config("demo", [*small, f"method.cps_class_power={power}", *more])
         torch.manual_seed(0)
         s = TeachersStage(cfg, build_role(cfg, "global_teacher", 3), build_role(cfg, "local_teacher", 3))
         s.train()
@@ -223,3 +223,12 @@ def test_class_balanced_cps_counts_labels_from_the_start_and_resumes():
     other = stage(0.5)
     other.load_state_dict(state)
     assert torch.equal(other.class_freq, weighted.class_freq)
+    # method.cps_class_ratio: the cross pseudo-labels' frequency from CPS's first step on, also resumed
+    ratio = stage("0.5", "method.cps_class_ratio=true")
+    ratio.step(bl, bu, 1)
+    assert ratio.pseudo_freq is None
+    _, tr = ratio.step(bl, bu, 2)
+    assert ratio.pseudo_freq.sum().item() == pytest.approx(1.0) and torch.isfinite(tr["cps"])
+    again = stage("0.5", "method.cps_class_ratio=true")
+    again.load_state_dict(ratio.state_dict())
+    assert torch.equal(again.pseudo_freq, ratio.pseudo_freq)

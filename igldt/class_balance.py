@@ -1,0 +1,44 @@
+"""Class-balanced cross pseudo supervision (`method.cps_class_power`, a deviation from METHOD.md;
+docs/method.md): per-class weights for the teachers' cross CE, from running class frequencies.
+
+CPS on CamVid 1/8 erases the rare classes the labels taught (docs/experiments.md, section 12):
+weighting each cross pseudo-label by its class's labelled frequency^-p keeps them (section 13), but
+amplifies whatever a partner wrongly predicts as a rare class (section 14); weighting by the ratio of
+the labelled to the pseudo-labelled frequency, (f / g)^p, pulls the pseudo-labels toward the labelled
+class distribution from both sides instead.
+"""
+from __future__ import annotations
+
+import torch
+
+from igldt.constants import IGNORE_INDEX
+
+FREQUENCY_MOMENTUM = 0.99  # running class frequency: ~the last 100 batches
+FREQUENCY_FLOOR = 1e-3     # a class unseen so far weighs at most ~17x road's (CamVid, p = 0.5)
+
+
+def label_counts(target: torch.Tensor, classes: int) -> torch.Tensor:
+    """Pixels of each class in a label map, void (IGNORE_INDEX) left out."""
+    known = target[target != IGNORE_INDEX]
+    return torch.bincount(known.reshape(-1), minlength=classes)[:classes]
+
+
+def running_class_frequency(counts: torch.Tensor, running: torch.Tensor | None = None) -> torch.Tensor:
+    """The running pixel frequency of each class: an exponential moving average (`FREQUENCY_MOMENTUM`)
+    of each batch's frequencies (`counts`: its pixels per class, `label_counts`), started at the first."""
+    f = counts.float() / counts.sum().clamp_min(1)
+    return f if running is None else FREQUENCY_MOMENTUM * running.to(f.device) + (1 - FREQUENCY_MOMENTUM) * f
+
+
+def class_balance_weights(freq: torch.Tensor, power: float, pseudo_freq: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-class weights of the cross CE, frequencies floored at `FREQUENCY_FLOOR`.
+
+    Without `pseudo_freq`: w_c = f_c^-p (f: the labelled ground truth's class frequency), scaled so that
+    the labelled distribution's mean weight sum_c f_c w_c is 1. With it (g: the cross pseudo-labels'
+    class frequency): w_c = (f_c / g_c)^p, scaled so that sum_c g_c w_c = 1, the mean weight of the
+    pseudo-labelled pixels. Either way the cross CE, a weighted mean, keeps the scale of CPS's."""
+    if pseudo_freq is None:
+        w = freq.clamp_min(FREQUENCY_FLOOR).pow(-power)
+        return w / (freq * w).sum()
+    w = (freq.clamp_min(FREQUENCY_FLOOR) / pseudo_freq.clamp_min(FREQUENCY_FLOOR)).pow(power)
+    return w / (pseudo_freq * w).sum()
