@@ -57,25 +57,31 @@ def report(name: str, images: int, cms: dict[str, ConfusionMatrix], classes: lis
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("teachers")
+    ap.add_argument("teachers", nargs="?", help="teachers checkpoint (omit to score only the --also models)")
     ap.add_argument("--also", nargs="*", default=[], help="student / Sup-only checkpoints scored the same way")
     ap.add_argument("--preset", default="camvid-cpu")
     ap.add_argument("--data", required=True, help="CamVid root")
     ap.add_argument("--limit", type=int, default=None, help="images per pool (default: all)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--pools", nargs="+", default=["labelled", "unlabelled"], choices=["labelled", "unlabelled"])
     ap.add_argument("--by-sequence", action="store_true", help="also per recording (the file name's prefix)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     cfg = load_config(args.preset, [f"data.root={args.data}"])
     mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
-    g, r, _ = load_teachers(args.teachers)
-    models = {"T_SU": g.eval(), "T_RU": r.eval(), **{p: load_model(p)[0].eval() for p in args.also}}
+    if not args.teachers and not args.also:
+        ap.error("give a teachers checkpoint, --also checkpoints, or both")
+    teachers = {}
+    if args.teachers:
+        g, r, _ = load_teachers(args.teachers)
+        teachers = {"T_SU": g.eval(), "T_RU": r.eval()}
+    models = {**teachers, **{p: load_model(p)[0].eval() for p in args.also}}
     labelled, unlabelled = train_datasets(cfg.data)
     classes = list(labelled.classes)
     n = len(classes)
     result = {}
-    for pool, ds in (("labelled", labelled), ("unlabelled", unlabelled)):
+    for pool, ds in [(p, d) for p, d in (("labelled", labelled), ("unlabelled", unlabelled)) if p in args.pools]:
         count = min(len(ds), args.limit or len(ds))
         # With --by-sequence also per recording (CamVid's file prefix: 0001TP, 0006R0, 0016E5): its val
         # split is all 0016E5, so the other sequences show how the labels carry to other streets.
@@ -85,7 +91,8 @@ def main() -> None:
         for i in range(count):
             image, mask = ds.load_image(i), ds.load_mask(i)
             probs = {k: probabilities(m, image, mean, std, int(getattr(m, "stride", 16))) for k, m in models.items()}
-            probs["ensemble"] = (probs["T_SU"] + probs["T_RU"]) / 2
+            if teachers:
+                probs["ensemble"] = (probs["T_SU"] + probs["T_RU"]) / 2
             for name in group(i):
                 images[name] = images.get(name, 0) + 1
                 for k, p in probs.items():
