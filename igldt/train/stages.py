@@ -290,8 +290,6 @@ class Aligner(nn.Module):
     ground truth (`prior`) and of each teacher's probabilities on unlabelled pixels (`predicted`),
     exponential moving averages over the batches (summed over ranks first under DDP), saved in last.pt."""
 
-    MOMENTUM = 0.99  # a horizon of ~100 iterations: steadier than one batch of crops, follows training
-
     def __init__(self, num_classes: int, teachers: int = 2):
         super().__init__()
         self.register_buffer("prior", torch.zeros(num_classes))
@@ -299,7 +297,8 @@ class Aligner(nn.Module):
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def _ema(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        return new if int(self.updates) == 0 else self.MOMENTUM * old + (1 - self.MOMENTUM) * new
+        # CB.FREQUENCY_MOMENTUM: a horizon of ~100 iterations, steadier than one batch, follows training
+        return new if int(self.updates) == 0 else CB.FREQUENCY_MOMENTUM * old + (1 - CB.FREQUENCY_MOMENTUM) * new
 
     @torch.no_grad()
     def forward(self, target: torch.Tensor, teachers: list[Outputs], n: int,
@@ -307,8 +306,7 @@ class Aligner(nn.Module):
         """Update the frequencies from this batch (`n` labelled images first) and return each teacher's
         outputs with its aligned logits added under "pseudo"."""
         classes = self.prior.numel()
-        known = target[target != L.IGNORE_INDEX]
-        gt = torch.bincount(known.reshape(-1), minlength=classes)[:classes].float()
+        gt = CB.label_counts(target, classes).float()
         pred = []
         for t in teachers:
             p = t["logits"][n:].float().softmax(1)
