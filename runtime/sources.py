@@ -88,6 +88,9 @@ class VideoSource(Source):
             raise DeployError(f"video {path} cannot be read (corrupt, empty or unsupported codec); "
                               f"check it plays, or re-encode it (ffmpeg -i in.mov -c:v libx264 out.mp4)")
         self.cap, self._first = cap, first
+        # The pipeline closes the source from its own thread while the decode thread may be reading:
+        # a release during read() deadlocked FFmpeg's scaler threads (seen in CI), so never both at once.
+        self._lock = threading.Lock()
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and fps > 0 and fps < 1000 else 30.0
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
@@ -101,10 +104,12 @@ class VideoSource(Source):
                 if frame.ndim == 3 and frame.shape[2] == 3:
                     yield Frame(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), f"{self.path.stem}_{i:06d}", i, str(self.path))
                 for _ in range(self.stride - 1):  # grab() skips decoding to RGB: cheap frame skipping
-                    if not self.cap.grab():
-                        return
+                    with self._lock:
+                        if not self.cap.grab():  # False once closed, too
+                            return
                     i += 1
-                ok, frame = self.cap.read()
+                with self._lock:
+                    ok, frame = self.cap.read()
                 i += 1
                 if not ok:
                     return
@@ -112,7 +117,8 @@ class VideoSource(Source):
             self.close()
 
     def close(self):
-        self.cap.release()
+        with self._lock:
+            self.cap.release()
 
 
 class LiveSource(Source):

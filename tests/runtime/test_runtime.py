@@ -258,6 +258,43 @@ def test_throughput_calls_predict_on_every_frame_from_each_worker():
     assert fps > 0 and sum(p.sizes[-7:]) == 20 and max(p.sizes) == 3 and len(p.threads) == 2
 
 
+def test_video_close_from_another_thread_waits_for_the_read(tmp_path):
+    """The pipeline closes a video from its own thread while the decoder reads: releasing the capture
+    during read() deadlocked FFmpeg (CI hung in the test below), so close() waits for the read."""
+    import threading
+
+    source = open_source(_write_video(tmp_path / "v.mp4", n=3))
+    in_read, overlaps = threading.Event(), []
+
+    class SlowCapture:  # the real capture, with a read slow enough for close() to land inside it
+        def __init__(self, cap):
+            self.cap, self.reading = cap, False
+
+        def read(self):
+            self.reading = True
+            in_read.set()
+            time.sleep(0.3)
+            self.reading = False
+            return self.cap.read()
+
+        def grab(self):
+            return self.cap.grab()
+
+        def release(self):
+            overlaps.append(self.reading)
+            self.cap.release()
+
+    source.cap = SlowCapture(source.cap)
+    frames = iter(source)
+    next(frames)  # the first frame was read on opening; the next one reads on the decoder thread
+    decoder = threading.Thread(target=lambda: list(frames), daemon=True)
+    decoder.start()
+    assert in_read.wait(5)
+    source.close()
+    decoder.join(5)
+    assert overlaps and not any(overlaps) and not decoder.is_alive()
+
+
 def test_a_failing_worker_stops_the_run_with_its_error(model, tmp_path, monkeypatch):
     video = _write_video(tmp_path / "v.mp4", n=9)
     p = Predictor(model, device="cpu", threads=1)
