@@ -87,16 +87,54 @@ def export_onnx(wrapper, *, imgsz: tuple[int, int], stride: int, dynamic: bool, 
     return model
 
 
+# The first opset whose QuantizeLinear/DequantizeLinear take fp16 scales (and so give fp16 outputs):
+# what a Q/DQ graph needs for its float layers to be fp16 in TensorRT's strongly typed builder.
+FP16_QDQ_OPSET = 19
+
+
+def shape_nodes(graph) -> list[str]:
+    """Names of the nodes that compute shapes, not pixels: those fed only by Shape outputs, constants
+    and each other (e.g. the dynamic 'same' padding of tf_efficientnet, ceil(W / s) in float). Shape
+    itself is left out: it reads any type."""
+    static = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    shaped: set[str] = set()
+    found: list[str] = []
+    grew = True
+    while grew:  # nodes come topologically sorted, so this settles in one or two passes
+        grew = False
+        for node in graph.node:
+            inputs = [i for i in node.input if i and i not in static]
+            if node.output[0] in shaped or not (node.op_type == "Shape" or inputs and all(i in shaped for i in inputs)):
+                continue
+            shaped.update(node.output)
+            if node.op_type != "Shape":
+                found.append(node.name)
+            grew = True
+    return found
+
+
 def to_fp16(model):
     """fp32 ModelProto -> fp16 weights/compute with float32 inputs and outputs (keep_io_types), via
     the converter shipped with ONNX Runtime (onnxconverter-common is not installed here; this is the
-    same code, maintained by the ORT team). Ops in its default block list stay fp32."""
+    same code, maintained by the ORT team). Ops in its default block list stay fp32, and so does the
+    shape arithmetic (`shape_nodes`): fp16 holds integers exactly only up to 2048, so a wider frame's
+    padding would come out wrong.
+
+    A Q/DQ graph (INT8 for TensorRT) is first raised to opset 19 so its scales can be fp16: TensorRT
+    builds strongly typed, so the layers left unquantised run at their ONNX type, fp16 rather than
+    fp32 (what NVIDIA's ModelOpt does for ONNX PTQ with high_precision_dtype fp16)."""
     import onnx
+    from onnx import version_converter
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     import onnxslim
 
-    half = convert_float_to_float16(model, keep_io_types=True)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < FP16_QDQ_OPSET and any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+        model = version_converter.convert_version(model, FP16_QDQ_OPSET)
+    for i, node in enumerate(model.graph.node):  # the converter blocks nodes by name
+        node.name = node.name or f"{node.op_type}_{i}"
+    half = convert_float_to_float16(model, keep_io_types=True, node_block_list=shape_nodes(model.graph))
     # the converter appends its IO casts at the end of the node list; onnxslim re-sorts topologically
     # (and folds the casts of constant shapes) so the graph passes the checker
     half = onnxslim.slim(half)

@@ -230,7 +230,6 @@ def _prepare(spec: ExportSpec, echo: Callable[[str], None]) -> _Job:
     meta = md.build_metadata(ckpt, spec.weights, fmt=fmt.artefact, precision=spec.precision, output=spec.output,
                              bake_preprocess=spec.bake_preprocess, stride=stride, dynamic=spec.dynamic,
                              imgsz=imgsz, size_range=size_range, batch_range=batch_range)
-    meta["opset"] = spec.opset
     meta["exporter"] = "torch.onnx.export(dynamo=True)"
 
     echo(f"Exporting {spec.weights} ({ckpt.get('arch', {}).get('backbone')}, {len(meta['classes'])} classes) -> "
@@ -259,8 +258,12 @@ def _write_graph(job: _Job, dest: Path, work: Path) -> None:
         save_model(proto, fp32)
         meta_q = dict(meta, input=dict(meta["input"]))
         report = quantize_int8(fp32, dest, loaders, meta_q, spec.calib_method, spec.int8_target)
-        meta["calibration"] = {"source": desc, **report}
         proto = onnx.load(str(dest))
+        if spec.int8_target == "tensorrt":  # strongly typed: the unquantised layers run at their ONNX type
+            proto = to_fp16(proto)
+            report["float_layers"] = "fp16"
+        meta["calibration"] = {"source": desc, **report}
+    meta["opset"] = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     md.embed_in_onnx(proto, meta)
     save_model(proto, dest)
 

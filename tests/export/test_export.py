@@ -135,6 +135,11 @@ def test_int8_qdq_end_to_end_on_cpu(trained, reference, tmp_path):
     assert res["pixel_agreement"] > 0.9 and res["delta_miou_points"] > -5.0
 
 
+def _tensor_types(model) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    return {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+
+
 def test_int8_for_tensorrt_is_symmetric(trained, reference):
     """--int8-target tensorrt (the default of --format trt): zero points all 0 in int8, as TensorRT's
     explicit quantisation requires, residual Adds quantised too."""
@@ -146,7 +151,14 @@ def test_int8_for_tensorrt_is_symmetric(trained, reference):
     quantised_inputs = {i for n in model.graph.node if n.op_type == "DequantizeLinear" for i in n.output}
     adds = [n for n in model.graph.node if n.op_type == "Add" and any(i in quantised_inputs for i in n.input)]
     assert adds, "no Add has a quantised input"
-    assert r.meta["calibration"]["target"] == "tensorrt"
+    assert r.meta["calibration"]["target"] == "tensorrt" and r.meta["calibration"]["float_layers"] == "fp16"
+    # strongly typed TensorRT runs each layer at its ONNX type: fp16 scales (opset 19), fp16 convolutions
+    assert r.meta["opset"] == next(o.version for o in model.opset_import if o.domain == "") >= 19
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    scales = [inits[n.input[1]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert scales and set(scales) == {onnx.TensorProto.FLOAT16}
+    types = _tensor_types(model)
+    assert {types[n.output[0]] for n in model.graph.node if n.op_type == "Conv"} == {onnx.TensorProto.FLOAT16}
     res = compare(Predictor(r.path, device="cpu"), reference, trained["val"])
     assert res["pixel_agreement"] > 0.9
 
@@ -292,12 +304,41 @@ def test_static_int8_calibrates_at_its_own_size(trained, tmp_path):
     assert p.predict([frame])[0].shape == (90, 130)  # run at 64x96, returned at the frame's size
 
 
-@pytest.mark.slow
-def test_int8_of_a_lite_student_passes_its_tolerance_gate(tmp_path_factory, demo_data):
-    """The edge student's kind of network (EfficientNet-Lite: ReLU6, depthwise convolutions, separable
-    head): its INT8 ONNX passes `igldt evaluate --engine ... --reference ...` at the INT8 tolerance."""
-    lite = train_student(tmp_path_factory.mktemp("lite"), demo_data, "tf_efficientnet_lite0", steps=30,
+@pytest.fixture(scope="module")
+def lite(tmp_path_factory, demo_data):
+    """The edge student's kind of network: EfficientNet-Lite (ReLU6, depthwise convolutions, TF 'same'
+    padding computed from the input size) with the separable head."""
+    return train_student(tmp_path_factory.mktemp("lite"), demo_data, "tf_efficientnet_lite0", steps=30,
                          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), head="separable")
+
+
+@pytest.mark.slow
+def test_fp16_keeps_the_shape_arithmetic_float(lite):
+    """--precision fp16: the network in fp16, the padding arithmetic (ceil(W / s) of TF 'same' padding) in
+    float32, since fp16 holds integers exactly only up to 2048; it labels as the PyTorch model does at
+    sizes that are not multiples of 32."""
+    import cv2
+
+    from igldt.export.onnx import shape_nodes
+
+    r = run_export(lite["ckpt"], "onnx", "fp16", out=lite["root"] / "lite_fp16.onnx", check_count=0)
+    model = onnx.load(str(r.path))
+    types, names = _tensor_types(model), set(shape_nodes(model.graph))
+    arithmetic = [n for n in model.graph.node if n.name in names and n.op_type in ("Div", "Ceil", "Mul", "Sub")]
+    assert arithmetic, "no shape arithmetic found: the test no longer covers what it is for"
+    assert all(types[o] != onnx.TensorProto.FLOAT16 for n in arithmetic for o in n.output)
+    assert {types[n.output[0]] for n in model.graph.node if n.op_type == "Conv"} == {onnx.TensorProto.FLOAT16}
+    half, full = Predictor(r.path, device="cpu"), Predictor(lite["ckpt"], device="cpu")  # PyTorch fp32
+    for h, w in [(100, 150), (77, 130)]:
+        img = cv2.resize(lite["val"].load_image(0), (w, h), interpolation=cv2.INTER_AREA)
+        a, b = half.predict([img])[0], full.predict([img])[0]
+        assert a.shape == (h, w) and (a == b).mean() > 0.99
+
+
+@pytest.mark.slow
+def test_int8_of_a_lite_student_passes_its_tolerance_gate(lite):
+    """The edge student's kind of network: its INT8 ONNX passes `igldt evaluate --engine ... --reference
+    ...` at the INT8 tolerance."""
     out = lite["root"] / "lite_int8.onnx"
     run_export(lite["ckpt"], "onnx", "int8", out=out, calib_count=16, check_count=0)
     r = CliRunner().invoke(cli, ["evaluate", "--engine", str(out), "--reference", str(lite["ckpt"]),
