@@ -92,6 +92,11 @@ def export_onnx(wrapper, *, imgsz: tuple[int, int], stride: int, dynamic: bool, 
 FP16_QDQ_OPSET = 19
 
 
+def opset_of(model) -> int:
+    """The default-domain opset a ModelProto imports."""
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def shape_nodes(graph) -> list[str]:
     """Names of the nodes that compute shapes, not pixels: those fed only by Shape outputs, constants
     and each other (e.g. the dynamic 'same' padding of tf_efficientnet, ceil(W / s) in float). Shape
@@ -129,8 +134,7 @@ def to_fp16(model):
 
     import onnxslim
 
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset < FP16_QDQ_OPSET and any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+    if opset_of(model) < FP16_QDQ_OPSET and any(n.op_type == "QuantizeLinear" for n in model.graph.node):
         model = version_converter.convert_version(model, FP16_QDQ_OPSET)
     for i, node in enumerate(model.graph.node):  # the converter blocks nodes by name
         node.name = node.name or f"{node.op_type}_{i}"

@@ -26,7 +26,8 @@ from igldt.runtime.metadata import sidecar_path
 
 from . import metadata as md
 from .images import calibration_images, check_images
-from .onnx import OPSET, ExportError, check_imgsz, compare_with_torch, export_onnx, save_model, to_fp16
+from .onnx import (OPSET, ExportError, check_imgsz, compare_with_torch, export_onnx, opset_of, save_model,
+                   to_fp16)
 from .quantize import quantize_int8
 from .tensorrt import build_engine, tensorrt_status
 
@@ -263,7 +264,7 @@ def _write_graph(job: _Job, dest: Path, work: Path) -> None:
             proto = to_fp16(proto)
             report["float_layers"] = "fp16"
         meta["calibration"] = {"source": desc, **report}
-    meta["opset"] = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    meta["opset"] = opset_of(proto)
     md.embed_in_onnx(proto, meta)
     save_model(proto, dest)
 

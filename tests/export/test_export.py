@@ -14,7 +14,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from igldt.cli.main import cli  # noqa: E402
 from igldt.config import load_config  # noqa: E402
-from igldt.export.onnx import ExportError  # noqa: E402
+from igldt.export.onnx import ExportError, opset_of  # noqa: E402
 from igldt.export.parity import compare  # noqa: E402
 from igldt.export.pipeline import run_export  # noqa: E402
 from igldt.runtime import Predictor  # noqa: E402
@@ -153,7 +153,7 @@ def test_int8_for_tensorrt_is_symmetric(trained, reference):
     assert adds, "no Add has a quantised input"
     assert r.meta["calibration"]["target"] == "tensorrt" and r.meta["calibration"]["float_layers"] == "fp16"
     # strongly typed TensorRT runs each layer at its ONNX type: fp16 scales (opset 19), fp16 convolutions
-    assert r.meta["opset"] == next(o.version for o in model.opset_import if o.domain == "") >= 19
+    assert r.meta["opset"] == opset_of(model) >= 19
     inits = {i.name: i.data_type for i in model.graph.initializer}
     scales = [inits[n.input[1]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert scales and set(scales) == {onnx.TensorProto.FLOAT16}
