@@ -105,7 +105,7 @@ def shape_nodes(graph) -> list[str]:
     shaped: set[str] = set()
     found: list[str] = []
     grew = True
-    while grew:  # nodes come topologically sorted, so this settles in one or two passes
+    while grew:  # until nothing is added: any node order (one or two passes on a sorted graph)
         grew = False
         for node in graph.node:
             inputs = [i for i in node.input if i and i not in static]

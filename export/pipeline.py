@@ -259,11 +259,8 @@ def _write_graph(job: _Job, dest: Path, work: Path) -> None:
         save_model(proto, fp32)
         meta_q = dict(meta, input=dict(meta["input"]))
         report = quantize_int8(fp32, dest, loaders, meta_q, spec.calib_method, spec.int8_target)
-        proto = onnx.load(str(dest))
-        if spec.int8_target == "tensorrt":  # strongly typed: the unquantised layers run at their ONNX type
-            proto = to_fp16(proto)
-            report["float_layers"] = "fp16"
         meta["calibration"] = {"source": desc, **report}
+        proto = onnx.load(str(dest))
     meta["opset"] = opset_of(proto)
     md.embed_in_onnx(proto, meta)
     save_model(proto, dest)

@@ -12,7 +12,8 @@ calibrated on real images; they differ where the engines differ (docs/results.md
   (nothing to fuse without a Q after it) for 3 mIoU less.
 - `tensorrt` (`--format trt`): symmetric int8 activations (zero point 0), the only form TensorRT's
   explicit quantisation takes, on the inputs of the weighted ops and of Add (NVIDIA's guidance:
-  a quantised residual input lets the Add fuse into the convolution before it).
+  a quantised residual input lets the Add fuse into the convolution before it), and the layers left
+  unquantised in fp16 (opset 19, fp16 scales: `onnx.to_fp16`).
 """
 from __future__ import annotations
 
@@ -25,13 +26,15 @@ import numpy as np
 
 from igldt.runtime.preprocess import bgr_batch, normalize_batch, padded_size, resize_image
 
-from .onnx import ExportError
+from .onnx import ExportError, save_model, to_fp16
 
 METHODS = ("minmax", "percentile", "entropy")
-# target -> (operators given Q/DQ (None: all ORT can quantise), activation type name, symmetric activations)
+# target -> (operators given Q/DQ (None: all ORT can quantise), activation type name, symmetric activations,
+#            type of the layers left unquantised: TensorRT builds strongly typed, so they run at their ONNX
+#            type and fp16 keeps them off fp32; ORT's CPU kernels want them float32)
 TARGETS = {
-    "ort": (None, "QUInt8", False),
-    "tensorrt": (["Conv", "ConvTranspose", "Gemm", "MatMul", "Add"], "QInt8", True),
+    "ort": (None, "QUInt8", False, "fp32"),
+    "tensorrt": (["Conv", "ConvTranspose", "Gemm", "MatMul", "Add"], "QInt8", True, "fp16"),
 }
 
 
@@ -97,7 +100,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: Sequence[
         raise ExportError(f"--calib-method {method}: choose one of {', '.join(METHODS)}")
     if target not in TARGETS:
         raise ExportError(f"--int8-target {target}: choose one of {', '.join(TARGETS)}")
-    op_types, activation, symmetric = TARGETS[target]
+    op_types, activation, symmetric, float_layers = TARGETS[target]
     cal = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
            "entropy": CalibrationMethod.Entropy}[method]
     baked = meta["input"]["layout"] == "NHWC"
@@ -128,5 +131,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: Sequence[
                                # one Q/DQ pair per tensor shared by its consumers: what both engines fuse
                                "DedicatedQDQPair": False, "CalibTensorRangeSymmetric": symmetric},
             )
+    if float_layers == "fp16":
+        import onnx
+        save_model(to_fp16(onnx.load(str(dst))), dst)
     return {"calibration_images": len(images), "method": method, "target": target,
-            "activations": "int8 symmetric" if symmetric else "uint8 asymmetric", "prepare": note}
+            "activations": "int8 symmetric" if symmetric else "uint8 asymmetric", "float_layers": float_layers,
+            "prepare": note}
