@@ -27,6 +27,16 @@ LOSS_TERMS = get_args(LossTerm)  # Table 3 ablation switches (cfg.method.losses)
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
+def _soft_ce(logits: torch.Tensor, probs: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixel CE against a target distribution, -sum_c p_c log softmax(logits)_c, averaged over the
+    pixels not in `ignore` (B x H x W bool); 0 (still in the graph) when every pixel is ignored."""
+    ce = -(probs.float() * logits.float().log_softmax(1)).sum(1)
+    if ignore is None:
+        return ce.mean()
+    keep = (~ignore).to(ce.dtype)
+    return (ce * keep).sum() / keep.sum().clamp_min(1)
+
+
 def _ce(logits: torch.Tensor, target: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel CE averaged over non-ignored pixels; 0 (still in the graph) when every pixel is ignored.
     `class_weight`: each pixel weighted by its target's class weight and the CE the weighted mean.
@@ -81,17 +91,28 @@ def supervised_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def pseudo_label_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, threshold: float | None = None,
                     target: torch.Tensor | None = None, valid: torch.Tensor | None = None,
-                    class_weight: torch.Tensor | None = None) -> torch.Tensor:
+                    class_weight: torch.Tensor | None = None, soft: bool = False) -> torch.Tensor:
     """(7) / (12) CE(S, Y_T) against the teacher's hard prediction Y_T = argmax(teacher logits).
 
     `threshold`: pixels where the teacher's max softmax is below it are ignored (off when None).
     `target`: the ground truth of labelled images; its ignore pixels are excluded here too.
     `valid`: B x H x W bool of unlabelled images, False where the crop is padding (no image there).
+    `soft` (`method.pseudo_targets: soft`, a deviation): CE against the teacher's softmax instead of
+    its argmax, so the student also learns the probability the teacher gives the classes it does not
+    rank first (Hinton et al.'s distillation at temperature 1; docs/method.md).
     """
     ignore = None if target is None else target == IGNORE_INDEX
     if valid is not None:
         ignore = ~valid if ignore is None else ignore | ~valid
-    return _ce(student_logits, pseudo_labels(teacher_logits, threshold, ignore), class_weight)
+    if not soft:
+        return _ce(student_logits, pseudo_labels(teacher_logits, threshold, ignore), class_weight)
+    if class_weight is not None:
+        raise ValueError("class-weighted CE takes hard labels; soft pseudo-targets have no class per pixel")
+    probs = teacher_logits.detach().float().softmax(1)
+    if threshold is not None:
+        low = probs.max(1).values < threshold
+        ignore = low if ignore is None else ignore | low
+    return _soft_ce(student_logits, probs, ignore)
 
 
 def aligned_logits(logits: torch.Tensor, prior: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
@@ -208,6 +229,7 @@ class LossConfig:
     single_state: str = "half"
     cps_class_power: float | None = None
     cps_class_ratio: bool = False
+    pseudo_targets: str = "hard"
 
     @classmethod
     def from_cfg(cls, method: MethodConfig) -> "LossConfig":
@@ -224,7 +246,12 @@ class LossConfig:
                    cps_weight=method.cps_weight, cps_rampup=method.cps_rampup, cps_warmup=method.cps_warmup,
                    pseudo_labelled=method.pseudo_labelled, align=method.align, cps_labelled=method.cps_labelled,
                    single_state=method.single_state, cps_class_power=method.cps_class_power,
-                   cps_class_ratio=method.cps_class_ratio)
+                   cps_class_ratio=method.cps_class_ratio, pseudo_targets=method.pseudo_targets)
+
+    @property
+    def soft(self) -> bool:
+        """The student's pseudo-label CE of (7) and (12) takes the teachers' softmax, not their argmax."""
+        return self.pseudo_targets == "soft"
 
 
 def _zero(ref: torch.Tensor) -> torch.Tensor:
@@ -289,8 +316,8 @@ def labelled_loss(s: dict, t_su: dict, t_ru: dict, target: torch.Tensor,
     sup = supervised_ce(s["logits"], target)
     if not opts.pseudo_labelled:
         return sup, {"sup": sup.detach()}
-    pl = (pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_su), opts.threshold, target)
-          + pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_ru), opts.threshold, target))
+    pl = (pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_su), opts.threshold, target, soft=opts.soft)
+          + pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_ru), opts.threshold, target, soft=opts.soft))
     return sup + pl, {"sup": sup.detach(), "pl_l": pl.detach()}
 
 
@@ -302,8 +329,8 @@ def unlabelled_loss(iteration: int, s: dict, t_su: dict, t_ru: dict, opts: LossC
     excluded like ignore pixels (from the CE terms, the GAP of L_Glo and the average of L_Dis)."""
     loss, terms = unlabelled_feature_loss(iteration, s, t_su, t_ru, opts, valid)
     if "pseudo" in opts.losses:
-        pl = (pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_su), opts.threshold, valid=valid)
-              + pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_ru), opts.threshold, valid=valid))
+        pl = (pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_su), opts.threshold, valid=valid, soft=opts.soft)
+              + pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_ru), opts.threshold, valid=valid, soft=opts.soft))
         loss, terms["pl_u"] = loss + pl, pl.detach()
     return loss, terms
 

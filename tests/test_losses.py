@@ -52,6 +52,37 @@ def test_pseudo_label_ce_argmax_threshold_and_gt_ignore():
     assert labels.tolist() == [[[IGN, IGN, 0]]]
 
 
+def test_soft_pseudo_targets_are_the_ce_against_the_teachers_softmax():
+    s_px = [[1.0, 0.0], [0.0, 2.0], [0.3, 0.1]]
+    t_px = [[0.0, 5.0], [0.1, 0.0], [4.0, 0.0]]
+    s = torch.tensor(s_px).T.reshape(1, 2, 1, 3)
+    t = torch.tensor(t_px).T.reshape(1, 2, 1, 3)
+    ce = [-sum(p * q for p, q in zip(softmax(t_px[i]), logsoftmax(s_px[i]))) for i in range(3)]
+    assert L.pseudo_label_ce(s, t, soft=True).item() == pytest.approx(sum(ce) / 3, rel=1e-6)
+    # the threshold and the ground truth's ignore pixels drop pixels as for hard labels
+    gt = torch.tensor([[[IGN, 1, 1]]])
+    assert L.pseudo_label_ce(s, t, threshold=0.9, target=gt, soft=True).item() == pytest.approx(ce[2], rel=1e-6)
+    # a confident teacher's softmax is its argmax: soft and hard agree
+    assert L.pseudo_label_ce(s, t * 1000, soft=True).item() == pytest.approx(L.pseudo_label_ce(s, t).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="hard labels"):
+        L.pseudo_label_ce(s, t, soft=True, class_weight=torch.ones(2))
+
+
+def test_pseudo_targets_switch_reaches_both_pseudo_label_terms():
+    s, su, ru = (_outs(i) for i in range(3))
+    target = s["logits"].argmax(1)
+    soft = L.LossConfig(grid=2, pseudo_targets="soft")
+    _, hard_terms = L.total_loss(1, s, su, ru, target, s, su, ru, L.LossConfig(grid=2))
+    _, soft_terms = L.total_loss(1, s, su, ru, target, s, su, ru, soft)
+    want = sum(L.pseudo_label_ce(s["logits"], t["logits"], soft=True) for t in (su, ru))
+    for key in ("pl_l", "pl_u"):
+        assert soft_terms[key].item() == pytest.approx(want.item(), rel=1e-6)
+        assert soft_terms[key].item() != pytest.approx(hard_terms[key].item(), rel=1e-3)
+    method = load_config().method
+    assert L.LossConfig.from_cfg(method).soft is False  # METHOD.md's hard labels by default
+    assert L.LossConfig.from_cfg(replace(method, pseudo_targets="soft")).soft
+
+
 def test_global_context_loss_by_hand_with_mask():
     s_px = [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]  # 2 pixels, 3 classes
     t_px = [[0.0, 2.0, 0.0], [0.0, 0.0, 1.0]]

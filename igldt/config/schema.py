@@ -22,6 +22,7 @@ AmpMode = Literal["auto", "bf16", "fp16", "off"]
 EvalMode = Literal["whole", "center", "slide"]
 LossTerm = Literal["pseudo", "glo", "loc", "dis"]
 SingleState = Literal["half", "every"]
+PseudoTargets = Literal["hard", "soft"]
 
 # YAML 1.1 reads a bare `off`/`on` as a boolean; train.amp takes them in the sense its comment gives.
 YAML_BOOL_WORDS = "yaml_bool_words"
@@ -112,6 +113,7 @@ class MethodConfig:
     pseudo_labelled: bool
     align: bool
     threshold: float | None
+    pseudo_targets: PseudoTargets
 
 
 # A stage section is a partial config in the same nesting (`{train: {iters: 1200}}`), each of its
