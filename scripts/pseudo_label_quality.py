@@ -23,18 +23,24 @@ import torch.nn.functional as F
 
 from igldt.checkpoint import load_model, load_teachers
 from igldt.config import load_config
+from igldt.data import build_dataset
 from igldt.data.loaders import train_datasets
 from igldt.metrics import ConfusionMatrix
 from igldt.runtime.preprocess import padded_size
 
 
-def probabilities(model, image: np.ndarray, mean, std, stride: int) -> torch.Tensor:
-    """Softmax of one whole image (padded to the stride, cut back), 1 x C x H x W."""
+def probabilities(model, image: np.ndarray, mean, std, stride: int, flip: bool = False) -> torch.Tensor:
+    """Softmax of one whole image (padded to the stride, cut back), 1 x C x H x W; with `flip`, averaged
+    with the softmax of the mirrored image, mirrored back."""
     h, w = image.shape[:2]
-    x = (torch.from_numpy(image).float().permute(2, 0, 1)[None] / 255 - mean) / std
     ph, pw = padded_size(h, w, stride)
-    x = F.pad(x, (0, pw - w, 0, ph - h))
-    return model(x)["logits"][..., :h, :w].softmax(1)
+
+    def softmax_of(view: np.ndarray) -> torch.Tensor:  # padded on the right and bottom alike for both views
+        x = (torch.from_numpy(np.ascontiguousarray(view)).float().permute(2, 0, 1)[None] / 255 - mean) / std
+        return model(F.pad(x, (0, pw - w, 0, ph - h)))["logits"][..., :h, :w].softmax(1)
+
+    p = softmax_of(image)
+    return (p + softmax_of(image[:, ::-1]).flip(-1)) / 2 if flip else p
 
 
 def report(name: str, images: int, cms: dict[str, ConfusionMatrix], classes: list[str]) -> dict:
@@ -63,7 +69,9 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="CamVid root")
     ap.add_argument("--limit", type=int, default=None, help="images per pool (default: all)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
-    ap.add_argument("--pools", nargs="+", default=["labelled", "unlabelled"], choices=["labelled", "unlabelled"])
+    ap.add_argument("--pools", nargs="+", default=["labelled", "unlabelled"], choices=["labelled", "unlabelled", "val"],
+                    help="val: the val split (data.val_split), to compare with the training logs' figures")
+    ap.add_argument("--flip", action="store_true", help="average each model's softmax with its mirrored image's")
     ap.add_argument("--by-sequence", action="store_true", help="also per recording (the file name's prefix)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -78,10 +86,12 @@ def main() -> None:
         teachers = {"T_SU": g.eval(), "T_RU": r.eval()}
     models = {**teachers, **{p: load_model(p)[0].eval() for p in args.also}}
     labelled, unlabelled = train_datasets(cfg.data)
+    val = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.val_split) if "val" in args.pools else None
     classes = list(labelled.classes)
     n = len(classes)
     result = {}
-    for pool, ds in [(p, d) for p, d in (("labelled", labelled), ("unlabelled", unlabelled)) if p in args.pools]:
+    for pool, ds in [(p, d) for p, d in (("labelled", labelled), ("unlabelled", unlabelled), ("val", val))
+                     if p in args.pools]:
         count = min(len(ds), args.limit or len(ds))
         # With --by-sequence also per recording (CamVid's file prefix: 0001TP, 0006R0, 0016E5): its val
         # split is all 0016E5, so the other sequences show how the labels carry to other streets.
@@ -90,7 +100,7 @@ def main() -> None:
         images: dict[str, int] = {}
         for i in range(count):
             image, mask = ds.load_image(i), ds.load_mask(i)
-            probs = {k: probabilities(m, image, mean, std, int(getattr(m, "stride", 16))) for k, m in models.items()}
+            probs = {k: probabilities(m, image, mean, std, int(getattr(m, "stride", 16)), args.flip) for k, m in models.items()}
             if teachers:
                 probs["ensemble"] = (probs["T_SU"] + probs["T_RU"]) / 2
             for name in group(i):
