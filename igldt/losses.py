@@ -27,12 +27,11 @@ LOSS_TERMS = get_args(LossTerm)  # Table 3 ablation switches (cfg.method.losses)
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def _soft_ce(logits: torch.Tensor, probs: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
-    """Pixel CE against a target distribution, -sum_c p_c log softmax(logits)_c, averaged over the
-    pixels not in `ignore` (B x H x W bool); 0 (still in the graph) when every pixel is ignored."""
-    ce = -(probs.float() * logits.float().log_softmax(1)).sum(1)
-    if ignore is None:
-        return ce.mean()
+def _soft_ce(logits: torch.Tensor, probs: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
+    """Pixel CE against a target distribution (`F.cross_entropy` with class-probability targets),
+    averaged over the pixels not in `ignore` (B x H x W bool); 0 (still in the graph) when every
+    pixel is ignored."""
+    ce = F.cross_entropy(logits.float(), probs.float(), reduction="none")
     keep = (~ignore).to(ce.dtype)
     return (ce * keep).sum() / keep.sum().clamp_min(1)
 
@@ -104,15 +103,13 @@ def pseudo_label_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     ignore = None if target is None else target == IGNORE_INDEX
     if valid is not None:
         ignore = ~valid if ignore is None else ignore | ~valid
+    labels = pseudo_labels(teacher_logits, threshold, ignore)
     if not soft:
-        return _ce(student_logits, pseudo_labels(teacher_logits, threshold, ignore), class_weight)
+        return _ce(student_logits, labels, class_weight)
     if class_weight is not None:
         raise ValueError("class-weighted CE takes hard labels; soft pseudo-targets have no class per pixel")
-    probs = teacher_logits.detach().float().softmax(1)
-    if threshold is not None:
-        low = probs.max(1).values < threshold
-        ignore = low if ignore is None else ignore | low
-    return _soft_ce(student_logits, probs, ignore)
+    # the hard labels' ignore pixels (threshold, ground-truth ignore, padding) are the soft term's too
+    return _soft_ce(student_logits, teacher_logits.detach().float().softmax(1), labels == IGNORE_INDEX)
 
 
 def aligned_logits(logits: torch.Tensor, prior: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
