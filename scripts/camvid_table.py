@@ -85,8 +85,23 @@ def machine(out: Path) -> str:
     return (f"{where} ({m['platform']}, {m['cores']} CPU cores, Python {m['python']}, torch {m['torch']})")
 
 
+def budget_overrides(preset: str, overrides: list[str], budget: float) -> dict[str, list[str]]:
+    """The `-o` settings that scale every step's iterations by `budget` (1: the preset's), per step:
+    Sup-only and the student `train.iters`, the teachers and CPS `train.iters` and their labels-only
+    phase `method.cps_warmup`, so the recipe keeps its proportions (warm-up and ramp-up stay).
+    supervised-long is Sup-only at the teachers' count, whatever the budget."""
+    from igldt.config import load_config
+    base, teach = load_config(preset, overrides), load_config(preset, overrides, stage="teachers")
+    long = [f"train.iters={round(teach.train.iters * budget)}"]
+    if budget == 1:
+        return {**{s: [] for s in STAGES}, "supervised-long": long}
+    short = [f"train.iters={round(base.train.iters * budget)}"]
+    pair = [*long, f"method.cps_warmup={round(teach.method.cps_warmup * budget)}"]
+    return {"supervised": short, "student": short, "teachers": pair, "cps": pair, "supervised-long": long}
+
+
 def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: str, stages=STAGES,
-             teachers: str | None = None) -> None:
+             teachers: str | None = None, budget: float = 1.0) -> None:
     from igldt.config import load_config
     cfg = load_config(preset, overrides)
     folder = REPO / out / f"seed{seed}"
@@ -99,13 +114,13 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
     student_spec = json.dumps(cfg.to_dict()["model"]["student"])
     cps = ["-o", "model.teachers=dual", "-o", f"model.global_teacher={student_spec}",
            "-o", f"model.local_teacher={student_spec}"]
-    long = load_config(preset, overrides, stage="teachers").train.iters
-    extra = {"supervised": [], "cps": cps, "teachers": [], "supervised-long": ["-o", f"train.iters={long}"],
+    extra = {"supervised": [], "cps": cps, "teachers": [], "supervised-long": [],
              "student": ["--teachers", teachers or str(out / f"seed{seed}" / "teachers" / "best.pt")]}
+    scaled = budget_overrides(preset, overrides, budget)
     stage_of = {"cps": "teachers", "supervised-long": "supervised"}
     for name in [s for s in STAGES if s in stages]:
         cmd = igldt + ["train", "--stage", stage_of.get(name, name), *common, "--out", str(out / f"seed{seed}" / name),
-                       *extra[name]]
+                       *extra[name], *[a for o in scaled[name] for a in ("-o", o)]]
         sh(cmd, folder / f"{name}.log", folder / name / DONE)
 
 
@@ -136,10 +151,11 @@ def pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
 
-def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path) -> list[str]:
+def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path, budget: float = 1.0) -> list[str]:
     from igldt.config import load_config
-    cfg = load_config(preset, overrides)
-    teach = load_config(preset, overrides, stage="teachers")
+    scaled = budget_overrides(preset, overrides, budget)
+    cfg = load_config(preset, overrides + scaled["student"])
+    teach = load_config(preset, overrides + scaled["teachers"], stage="teachers")
     m = cfg.model
     seeds = sorted(found)
     rows = [r for r in next(iter(found.values()))["val"] if any(found[s]["val"][r] is not None for s in seeds)]
@@ -257,17 +273,20 @@ def main() -> None:
                          "supervised-long, Sup-only at the teachers' iteration count, runs only when named")
     ap.add_argument("--teachers", default=None,
                     help="teachers checkpoint for the student step (default: the seed's own teachers run)")
+    ap.add_argument("--budget", type=float, default=1.0,
+                    help="scale every step's iterations (and the teachers' labels-only phase) by this factor, "
+                         "for the gain as a function of the budget; give the same value with --report-only")
     args = ap.parse_args()
     out = Path(args.out)
     if args.data:
         args.overrides.append(f"data.root={args.data}")
     if not args.report_only:
         for seed in args.seeds:
-            run_seed(seed, out, args.preset, args.overrides, args.device, args.stages, args.teachers)
+            run_seed(seed, out, args.preset, args.overrides, args.device, args.stages, args.teachers, args.budget)
     found = collect(out)
     if not found:
         sys.exit(f"no finished seed under {out}")
-    lines = report(found, args.preset, args.overrides, out)
+    lines = report(found, args.preset, args.overrides, out, args.budget)
     path = REPO / args.results
     path.parent.mkdir(parents=True, exist_ok=True)
     # Sections written by hand or by other scripts (the edge benchmark) follow the marker and are kept.
