@@ -246,9 +246,7 @@ def _prepare(spec: ExportSpec, echo: Callable[[str], None]) -> _Job:
 
 
 def _write_graph(job: _Job, dest: Path, work: Path) -> None:
-    """The graph at the export precision, with the metadata embedded, saved to `dest`."""
-    import onnx
-
+    """The graph at the export precision, with the metadata embedded, saved to `dest` (once)."""
     spec, meta, proto = job.spec, job.meta, job.proto
     if spec.precision == "fp16":
         proto = to_fp16(proto)
@@ -258,9 +256,8 @@ def _write_graph(job: _Job, dest: Path, work: Path) -> None:
         fp32 = work / "fp32.onnx"
         save_model(proto, fp32)
         meta_q = dict(meta, input=dict(meta["input"]))
-        report = quantize_int8(fp32, dest, loaders, meta_q, spec.calib_method, spec.int8_target)
+        proto, report = quantize_int8(fp32, loaders, meta_q, spec.calib_method, spec.int8_target)
         meta["calibration"] = {"source": desc, **report}
-        proto = onnx.load(str(dest))
     meta["opset"] = opset_of(proto)
     md.embed_in_onnx(proto, meta)
     save_model(proto, dest)

@@ -26,7 +26,7 @@ import numpy as np
 
 from igldt.runtime.preprocess import bgr_batch, normalize_batch, padded_size, resize_image
 
-from .onnx import ExportError, save_model, to_fp16
+from .onnx import ExportError, to_fp16
 
 METHODS = ("minmax", "percentile", "entropy")
 # target -> (operators given Q/DQ (None: all ORT can quantise), activation type name, symmetric activations,
@@ -86,10 +86,12 @@ def _preprocessing_nodes(path: Path) -> list[str]:
     return found
 
 
-def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: Sequence[Callable[[], np.ndarray]],
-                  meta: dict, method: str = "minmax", target: str = "ort") -> dict:
-    """Quantise `fp32_path` into `out_path` (QDQ for `target`: ort | tensorrt), calibrated on `images`
-    (callables returning RGB uint8). Returns a small report (calibration images, target, pre-processing)."""
+def quantize_int8(fp32_path: str | Path, images: Sequence[Callable[[], np.ndarray]], meta: dict,
+                  method: str = "minmax", target: str = "ort"):
+    """Quantise `fp32_path` (QDQ for `target`: ort | tensorrt), calibrated on `images` (callables returning
+    RGB uint8). Returns the quantised ModelProto (the caller embeds metadata and saves it once) and a small
+    report (calibration images, target, pre-processing)."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -107,10 +109,10 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: Sequence[
     fixed_hw = None if meta["input"].get("dynamic", True) else tuple(meta["input"]["imgsz"])
     reader = _reader(images, meta["input"]["name"], meta["mean"], meta["std"], meta["stride"], baked, fixed_hw)
     # Absolute before the chdir below: a relative path would then be read from the scratch folder.
-    src, dst = Path(fp32_path).resolve(), Path(out_path).resolve()
-    with tempfile.TemporaryDirectory(prefix="igldt-int8-", dir=dst.parent) as tmp:
+    src = Path(fp32_path).resolve()
+    with tempfile.TemporaryDirectory(prefix="igldt-int8-", dir=src.parent) as tmp:
         tmp = str(Path(tmp).resolve())
-        pre = Path(tmp) / "pre.onnx"
+        pre, dst = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         # ONNX shape inference + ORT graph optimisation (Conv+BN folding) so ranges are taken on the
         # graph that will run. Symbolic shape inference is skipped: it cannot follow the dynamo
         # graph's computed Resize sizes ("Incomplete symbolic shape inference"). chdir: both steps
@@ -131,9 +133,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: Sequence[
                                # one Q/DQ pair per tensor shared by its consumers: what both engines fuse
                                "DedicatedQDQPair": False, "CalibTensorRangeSymmetric": symmetric},
             )
+        proto = onnx.load(str(dst))
     if float_layers == "fp16":
-        import onnx
-        save_model(to_fp16(onnx.load(str(dst))), dst)
-    return {"calibration_images": len(images), "method": method, "target": target,
-            "activations": "int8 symmetric" if symmetric else "uint8 asymmetric", "float_layers": float_layers,
-            "prepare": note}
+        proto = to_fp16(proto)
+    return proto, {"calibration_images": len(images), "method": method, "target": target,
+                   "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
+                   "float_layers": float_layers, "prepare": note}
