@@ -23,6 +23,7 @@ EvalMode = Literal["whole", "center", "slide"]
 LossTerm = Literal["pseudo", "glo", "loc", "dis"]
 SingleState = Literal["half", "every"]
 PseudoTargets = Literal["hard", "soft"]
+UnlabelledPool = Literal["rest", "labelled"]
 
 # YAML 1.1 reads a bare `off`/`on` as a boolean; train.amp takes them in the sense its comment gives.
 YAML_BOOL_WORDS = "yaml_bool_words"
@@ -36,6 +37,7 @@ class DataConfig:
     val_split: str
     labelled_list: str | None
     unlabelled_list: str | None
+    unlabelled_pool: UnlabelledPool
     fraction: float | None
     count: int | None
     split_seed: int

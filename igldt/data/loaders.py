@@ -245,6 +245,10 @@ def build_train_loaders(cfg: Config, rank: int = 0, world: int = 1, validate: bo
                                 "fix the unlabelled list or restore the files")
     common = dict(crop=d.crop, scale=d.scale, flip=d.flip, mean=d.mean, std=d.std, seed=t.seed)
     length = max(len(labelled), len(unlabelled)) if unlabelled is not None else len(labelled)
+    if unlabelled is not None and d.unlabelled_pool == "labelled":
+        # The control for what the unlabelled images add: the same labelled batches (same length, same
+        # order) and losses, but the unlabelled stream draws the labelled images (masks unused).
+        unlabelled = labelled
     lab_loader = _loader(LabelledSet(labelled, length=length, **common), batch, rank, world, t.seed, d.workers)
     if unlabelled is None:
         return lab_loader, None

@@ -125,3 +125,15 @@ def test_global_batch_is_shared_by_the_ranks(demo_root):
         assert per_rank_batch(paper, 4) == batch // 4 and per_rank_batch(paper, 1) == batch
     with pytest.raises(ValueError, match="train.batch_size=12"):
         per_rank_batch(load_config("voc-r50").train, 5)
+
+
+def test_labelled_pool_control_keeps_the_labelled_batches_and_draws_only_labelled_images(demo_root):
+    """data.unlabelled_pool=labelled: the unlabelled stream serves the labelled images (the control for what
+    unlabelled images add), at the usual length, and the labelled batches stay those of the usual run."""
+    lab, unl = build_train_loaders(cfg(demo_root))
+    lab_c, unl_c = build_train_loaders(cfg(demo_root, unlabelled_pool="labelled"))
+    assert unl_c.dataset.ds.ids == lab_c.dataset.ds.ids != unl.dataset.ds.ids
+    assert len(unl_c.dataset) == len(unl.dataset) == 6
+    assert all(torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"])
+               for x, y in zip(_all(lab, 1), _all(lab_c, 1)))
+    assert set(next(iter(unl_c))) == {"image", "valid"}
