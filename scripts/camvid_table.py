@@ -10,6 +10,9 @@ evaluated on CamVid val; docs/results.md rewritten with the table over all seeds
     python scripts/camvid_table.py --seeds 0 1 2 --device cuda # on a GPU: ~11 min a seed (docs/results.md)
     python scripts/camvid_table.py --seeds 1 2                # more seeds into the same folder
     python scripts/camvid_table.py --report-only              # rewrite docs/results.md from the runs found
+    python scripts/camvid_table.py --seeds 0 --budget 2 --out runs/budget2 --results runs/budget2/results.md
+                                                              # every step's iterations doubled (the gain
+                                                              # as a function of the budget)
     python scripts/camvid_table.py --seeds 0 -o train.iters=4 --out runs/camvid-smoke --results /tmp/smoke.md
 
 Every stage runs as the `igldt` command a user would type (the commands go into the results), with
