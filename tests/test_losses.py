@@ -247,7 +247,7 @@ def test_teacher_stage_uses_the_ramped_weight():
         loss, terms = stage.step(bl, bu, t)
         lam = L.cps_weight_at(t, 1.5, 10)
         assert float(terms["lambda"]) == pytest.approx(lam)
-        assert float(loss) == pytest.approx(float(terms["sup_g"] + terms["sup_r"] + lam * terms["cps"]), rel=1e-6)
+        assert loss.item() == pytest.approx(float(terms["sup_g"] + terms["sup_r"] + lam * terms["cps"]), rel=1e-6)
 
 
 def test_cps_warmup_holds_lambda_at_zero_then_ramps():
