@@ -1,0 +1,10 @@
+# Call 2: the rest of the data, decoded to PNG; the Sup-only runs start (they need no teachers).
+set -e
+export PYTHONPATH=/tmp/shim:/tmp/site
+cat /tmp/gpu/cv.aa .gpu/p2/cv.ab .gpu/p2/cv.ac > /tmp/cv.tar && sha256sum /tmp/cv.tar
+mkdir -p /tmp/cvw && tar xf /tmp/cv.tar -C /tmp/cvw && python3 scripts/device/decode.py /tmp/cvw/camvid /tmp/camvid
+for s in 0 1 2; do
+  bash scripts/device/launch.sh sup1200_s$s supervised $s -o train.iters=1200
+  bash scripts/device/launch.sh sup2400_s$s supervised $s -o train.iters=2400
+done
+(cd /tmp && python3 -c "import igldt.cli.main; print(\"igldt ok\")"); sleep 20; tail -c 300 /tmp/meta/sup1200_s0.log; ls /tmp/meta
