@@ -8,4 +8,4 @@ export PYTHONPATH=/tmp/shim:/tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "cores $(nproc)"
 python3 -c "import torch,timm,cv2;print('torch',torch.__version__,'timm',timm.__version__,'cv2',cv2.__version__,torch.cuda.is_available())"
-python3 -c "import igldt.cli.main; from igldt.models.pretrained import package_weights_path as p; print(p('tf_efficientnet_lite0'))"
+(cd /tmp && python3 -c "import igldt.cli.main; from igldt.models.pretrained import package_weights_path as p; print(p('tf_efficientnet_lite0'))")  # not from the repo root: its igldt/ would shadow /tmp/shim

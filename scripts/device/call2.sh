@@ -4,7 +4,8 @@ export PYTHONPATH=/tmp/shim:/tmp/site
 cat /tmp/gpu/cv.aa .gpu/p2/cv.ab .gpu/p2/cv.ac > /tmp/cv.tar && sha256sum /tmp/cv.tar
 mkdir -p /tmp/cvw && tar xf /tmp/cv.tar -C /tmp/cvw && python3 scripts/device/decode.py /tmp/cvw/camvid /tmp/camvid
 for s in 0 1 2; do
-  bash scripts/device/launch.sh sup1200_s$s supervised $s -o train.iters=1200
-  bash scripts/device/launch.sh sup2400_s$s supervised $s -o train.iters=2400
+  for it in ${SUP_ITERS:-1200 2400}; do  # section 20: 1200 2400; section 21: 600
+    bash scripts/device/launch.sh sup${it}_s$s supervised $s -o train.iters=$it
+  done
 done
 (cd /tmp && python3 -c "import igldt.cli.main; print(\"igldt ok\")"); sleep 20; tail -c 300 /tmp/meta/sup1200_s0.log; ls /tmp/meta
