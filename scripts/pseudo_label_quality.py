@@ -49,16 +49,18 @@ def report(name: str, images: int, cms: dict[str, ConfusionMatrix], classes: lis
     gt_share = first.sum(1) / first.sum()
     out = {"images": images, "gt_share": dict(zip(classes, gt_share.round(4).tolist()))}
     print(f"\n{name}, {images} images; per-class IoU % (predicted pixel share % / ground truth's)")
-    print(f"{'':>14}" + "".join(f"{c[:9]:>10}" for c in classes) + "      mIoU")
+    print(f"{'':>14}" + "".join(f"{c[:9]:>10}" for c in classes) + "      mIoU  pixel acc")
     for k, cm in cms.items():
         # ConfusionMatrix's convention, as in training's validation: a class absent from both the
         # labels and the predictions of this pool is left out of the mean (nan), not counted as 0.
         iou, miou = cm.iou(), cm.miou()
         share = cm.matrix.sum(0) / cm.matrix.sum()
-        out[k] = {"miou": miou, "iou": dict(zip(classes, iou.round(4).tolist())),
+        # Pixel accuracy: how many of the pixels a student is taught carry the right class.
+        acc = cm.pixel_accuracy()
+        out[k] = {"miou": miou, "pixel_accuracy": acc, "iou": dict(zip(classes, iou.round(4).tolist())),
                   "share": dict(zip(classes, share.round(4).tolist()))}
         label = k if len(k) <= 14 else "..." + k[-11:]
-        print(f"{label:>14}" + "".join(f"{100 * v:10.1f}" for v in iou) + f"{100 * miou:10.2f}")
+        print(f"{label:>14}" + "".join(f"{100 * v:10.1f}" for v in iou) + f"{100 * miou:10.2f}{100 * acc:11.2f}")
         print(f"{'share':>14}" + "".join(f"{100 * s:4.1f}/{100 * t:<5.1f}" for s, t in zip(share, gt_share)))
     return out
 
