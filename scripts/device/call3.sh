@@ -19,5 +19,5 @@ while [ $(( $(date +%s) - t0 )) -lt $limit ]; do
 done
 echo "finished runs: $(ls /tmp/meta/*.rc | wc -l) after $(( $(date +%s) - t0 )) s"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
 for f in /tmp/meta/*.rc; do echo "$f $(cat $f)"; done
-for r in /tmp/runs/*; do grep -h '"iteration"' $r/metrics.jsonl 2>/dev/null | tail -1 | cut -c1-160; done
+for r in /tmp/runs/*; do echo "$(basename $r): $(grep -h '"val"' $r/metrics.jsonl 2>/dev/null | tail -1 | cut -c1-90)"; done
 cd /tmp && tar czf $OUT/results.tgz meta runs/*/metrics.jsonl && ls -la $OUT
