@@ -17,6 +17,6 @@ if __name__ == "__main__":
     for d in ("trainannot", "valannot"):
         shutil.copytree(os.path.join(src, d), os.path.join(dst, d), dirs_exist_ok=True)
     files = sorted(glob.glob(os.path.join(src, "*", "*.webp")))
-    with Pool(16) as p:
+    with Pool(os.cpu_count()) as p:
         p.map(one, files)
     print({d: len(os.listdir(os.path.join(dst, d))) for d in os.listdir(dst)})
