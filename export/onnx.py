@@ -1,10 +1,15 @@
 """PyTorch -> ONNX for the student: export, simplify, check, fp16, and a check against PyTorch.
 
 Exporter: `torch.onnx.export(..., dynamo=True)`, pinned explicitly. It is the default and the
-maintained path of the installed torch (2.9+; the TorchScript exporter is deprecated), and
-`torch.export` dynamic shapes let us state the real constraint on the input: H and W are
-`stride * k`. With that constraint the model's internal pad-to-stride folds away, leaving a clean
-graph that TensorRT and ONNX Runtime optimise well.
+maintained path of the installed torch (the TorchScript exporter, `dynamo=False`, is deprecated since
+torch 2.9), and `torch.export` dynamic shapes let us state the real constraint on the input: H and W
+are `stride * k`, the batch any size. With that constraint the model's own pad-to-stride folds away.
+
+What makes it fast: the exporter never sees timm's TF "same" padding arithmetic nor its in-place
+activations (`igldt.models.exportable`, exact on the stride-multiple domain). Under dynamic H/W
+`torch.export` reasons symbolically about every `ceil(x / s)` pad and functionalises every in-place
+ReLU6 with symbolic strides: a Lite0 student took 245 s that way, against seconds now, and its graph
+carries no padding arithmetic (benchmarks/export.py measures both).
 
 torch, onnx, onnxslim and onnxruntime are imported in the functions that use them: `igldt export`
 imports this module before it checks its arguments, and refuses bad ones before seconds of imports.
@@ -47,24 +52,32 @@ def _rename_dims(model, names: dict[int, str], layout: str) -> None:
                 dims[ax].dim_param = name
 
 
+def _dummy_input(n: int, h: int, w: int, bake_preprocess: bool):
+    import torch
+    if bake_preprocess:
+        return torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8)
+    return torch.randn(n, 3, h, w)
+
+
 def export_onnx(wrapper, *, imgsz: tuple[int, int], stride: int, dynamic: bool, bake_preprocess: bool,
                 opset: int = OPSET, batch: int = 1):
-    """Export `wrapper` (a SegmentationExportWrapper in eval mode) and return the simplified, checked ModelProto."""
+    """Export `wrapper` (a SegmentationExportWrapper in eval mode) and return the simplified, checked ModelProto.
+    The exporter sees `models.exportable`'s copy of it: 'same' padding resolved for inputs of
+    `stride * k` and no in-place activations; `wrapper` itself is left as it is."""
     import onnx
     import onnxslim
     import torch
     from torch.export import Dim
 
+    from igldt.models import exportable
+
     h, w = check_imgsz(imgsz, stride)
-    wrapper = wrapper.eval()
+    # the smallest input of the contract proves every pad constant; the copy shares the parameters
+    wrapper, _ = exportable(wrapper.eval(), _dummy_input(1, stride, stride, bake_preprocess))
     # a batch of 2 keeps torch.export from specialising the batch axis to 1
     n = 2 if dynamic else batch
-    if bake_preprocess:
-        dummy = torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8)
-        hw_axes = (1, 2)
-    else:
-        dummy = torch.randn(n, 3, h, w)
-        hw_axes = (2, 3)
+    dummy = _dummy_input(n, h, w, bake_preprocess)
+    hw_axes = (1, 2) if bake_preprocess else (2, 3)
     dynamic_shapes = None
     if dynamic:
         kh = Dim("kh", min=1, max=MAX_SIDE // stride)
