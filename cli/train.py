@@ -1,4 +1,4 @@
-"""`igldt train`: one stage (supervised | teachers | student) from a preset/config, resumable."""
+"""`igldt train`: one stage (supervised | teachers | student | unimatch) from a preset/config, resumable."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import click
 
 from igldt.cli.common import config_options, hint, resolve_config
 
-STAGE_NAMES = ("supervised", "teachers", "student")
+STAGE_NAMES = ("supervised", "teachers", "student", "unimatch")
 
 # First-class flag -> the config keys it sets. A flag and `-o` naming the same key is refused (one
 # source per key, no silent winner); `--epochs` also clears train.iters, which would override it.
@@ -117,7 +117,8 @@ def next_steps(stage: str, out: Path, source: str | None, overrides, shown: str 
 
 @click.command("train")
 @click.option("--stage", type=click.Choice(STAGE_NAMES), required=True,
-              help="supervised (Sup-only baseline), teachers (CPS, stage 1) or student (IGL-DT, stage 2).")
+              help="supervised (Sup-only baseline), teachers (CPS, stage 1), student (IGL-DT, stage 2) or "
+                   "unimatch (the UniMatch baseline on the student network).")
 @config_options
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
               help="A YAML config file (same keys as presets/default.yaml); alternative to --preset.")

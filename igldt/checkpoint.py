@@ -1,7 +1,7 @@
 """Checkpoints: atomic save, safe load (`torch.load(weights_only=True)`), models from checkpoints.
 
 Payload (docs/architecture.md): `{"format": "igldt/1", "kind": "student" | "teachers" |
-"supervised" | "resume", "arch", "state_dict", "classes", "palette", "mean", "std",
+"supervised" | "unimatch" | "resume", "arch", "state_dict", "classes", "palette", "mean", "std",
 "ignore_index": 255, "config", "versions", ...}`; a teachers checkpoint holds
 `"teachers": {"global": {arch, state_dict}, "local": {arch, state_dict}}`.
 Everything in a payload is a tensor or plain Python data, so the safe unpickler can read it.
@@ -25,8 +25,8 @@ from igldt.io import atomic_open
 from igldt.models import build_segmenter
 
 FORMAT = "igldt/1"
-KINDS = ("student", "teachers", "supervised", "resume")
-MODEL_KINDS = ("student", "supervised", "resume")  # kinds `load_model` accepts (need arch + state_dict)
+KINDS = ("student", "teachers", "supervised", "unimatch", "resume")
+MODEL_KINDS = ("student", "supervised", "unimatch", "resume")  # kinds `load_model` accepts (need arch + state_dict)
 
 
 class CheckpointError(ValueError):
@@ -129,7 +129,7 @@ def student_payload(model: nn.Module, arch: Mapping | None, dataset_meta: Mappin
     (default: `config.data.mean/std`). `extra` (e.g. `miou`, `iteration`) is stored as plain data.
     """
     if kind not in KINDS or kind == "teachers":
-        raise ValueError(f"student_payload kind must be student, supervised or resume, got '{kind}'")
+        raise ValueError(f"student_payload kind must be student, supervised, unimatch or resume, got '{kind}'")
     p = model_payload(model, arch)
     return {"format": FORMAT, "kind": kind, **p, "stride": int(getattr(unwrap(model), "stride", 32)),
             **_meta(dataset_meta, config), **plain(extra)}

@@ -42,3 +42,24 @@ def class_balance_weights(freq: torch.Tensor, power: float, pseudo_freq: torch.T
         return w / (freq * w).sum()
     w = (freq.clamp_min(FREQUENCY_FLOOR) / pseudo_freq.clamp_min(FREQUENCY_FLOOR)).pow(power)
     return w / (pseudo_freq * w).sum()
+
+
+def median_frequency_weights(masks, classes: int) -> torch.Tensor:
+    """(6)'s class weights for `method.sup_loss: median_freq` (Eigen & Fergus 2015, SegNet's CamVid
+    recipe): w_c = median(f) / f_c, where f_c is class c's pixels over the pixels of the images holding c.
+    `masks`: the labelled set's label maps (numpy or torch, void = IGNORE_INDEX). A class absent from
+    every mask gets the largest weight of the others (nothing to learn it from, nothing to break)."""
+    pixels = torch.zeros(classes, dtype=torch.float64)
+    present_in = torch.zeros(classes, dtype=torch.float64)  # pixels of the images that hold each class
+    for mask in masks:
+        counts = label_counts(torch.as_tensor(mask).long(), classes).double()
+        pixels += counts
+        present_in += (counts > 0).double() * counts.sum()
+    seen = pixels > 0
+    if not bool(seen.any()):
+        raise ValueError("median-frequency weights: the labelled masks hold no labelled pixel")
+    freq = pixels[seen] / present_in[seen]
+    w = torch.full((classes,), 0.0, dtype=torch.float64)
+    w[seen] = freq.median() / freq
+    w[~seen] = w[seen].max()
+    return w.float()

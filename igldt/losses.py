@@ -89,6 +89,37 @@ def supervised_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _ce(logits, target)
 
 
+def ohem_ce(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.7, min_kept: int = 20000) -> torch.Tensor:
+    """(6-OHEM, a deviation: `method.sup_loss: ohem`) CE over the hard pixels only: those whose
+    probability of their true class is at most `threshold`, and at least the `min_kept` hardest valid
+    pixels of the batch (all of them when it has fewer), averaged over the pixels kept. UniMatch's
+    `ProbOhemCrossEntropy2d` (thresh 0.7) as its Cityscapes recipe uses it: the easy road and sky
+    pixels stop outweighing the rare classes."""
+    logits = logits.float()
+    valid = target != IGNORE_INDEX
+    if int(valid.sum()) <= min_kept:
+        return _ce(logits, target)
+    p_true = logits.softmax(1).gather(1, target.clamp_max(logits.shape[1] - 1).unsqueeze(1))[:, 0].detach()
+    p_valid = p_true[valid]
+    kth = p_valid.kthvalue(max(min_kept, 1)).values  # the min_kept-th smallest true-class probability
+    keep = valid & (p_true <= torch.maximum(kth, torch.tensor(threshold, device=kth.device)))
+    return _ce(logits, target.masked_fill(~keep, IGNORE_INDEX))
+
+
+def supervised_loss(logits: torch.Tensor, target: torch.Tensor, opts: "LossConfig",
+                    class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(6) as `method.sup_loss` chooses: `ce` (METHOD.md), `ohem` (`ohem_ce`) or `median_freq`:
+    each pixel weighted by its class's median-frequency weight `class_weight`
+    (`class_balance.median_frequency_weights`, the classic CamVid recipe of SegNet), a weighted mean."""
+    if opts.sup_loss == "ohem":
+        return ohem_ce(logits, target, opts.ohem_threshold, opts.ohem_min_kept)
+    if opts.sup_loss == "median_freq":
+        if class_weight is None:
+            raise ValueError("method.sup_loss=median_freq needs the labelled set's class weights")
+        return _ce(logits, target, class_weight.to(logits.device))
+    return supervised_ce(logits, target)
+
+
 def pseudo_label_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, threshold: float | None = None,
                     target: torch.Tensor | None = None, valid: torch.Tensor | None = None,
                     class_weight: torch.Tensor | None = None, soft: bool = False) -> torch.Tensor:
@@ -228,6 +259,11 @@ class LossConfig:
     cps_class_power: float | None = None
     cps_class_ratio: bool = False
     pseudo_targets: str = "hard"
+    sup_loss: str = "ce"
+    ohem_threshold: float = 0.7
+    ohem_min_kept: int = 20000
+    unimatch_threshold: float = 0.95
+    unimatch_fp_dropout: float = 0.5
 
     @classmethod
     def from_cfg(cls, method: MethodConfig) -> "LossConfig":
@@ -237,6 +273,11 @@ class LossConfig:
         if method.cps_class_power is not None and method.cps_class_power < 0:
             raise ValueError(f"method.cps_class_power={method.cps_class_power}: a power >= 0 (0.5: inverse square "
                              "root of the class frequency), or null for unweighted CPS")
+        for key in ("ohem_threshold", "unimatch_threshold", "unimatch_fp_dropout"):
+            if not 0.0 <= getattr(method, key) <= 1.0:
+                raise ValueError(f"method.{key}={getattr(method, key)}: a value in [0, 1]")
+        if method.ohem_min_kept < 1:
+            raise ValueError(f"method.ohem_min_kept={method.ohem_min_kept}: at least 1 pixel")
         if method.cps_class_ratio and method.cps_class_power is None:
             raise ValueError("method.cps_class_ratio=true weighs by (labelled / pseudo-label frequency)^p: "
                              "set method.cps_class_power too (e.g. 0.5)")
@@ -244,7 +285,9 @@ class LossConfig:
                    cps_weight=method.cps_weight, cps_rampup=method.cps_rampup, cps_warmup=method.cps_warmup,
                    pseudo_labelled=method.pseudo_labelled, align=method.align, cps_labelled=method.cps_labelled,
                    single_state=method.single_state, cps_class_power=method.cps_class_power,
-                   cps_class_ratio=method.cps_class_ratio, pseudo_targets=method.pseudo_targets)
+                   cps_class_ratio=method.cps_class_ratio, pseudo_targets=method.pseudo_targets,
+                   sup_loss=method.sup_loss, ohem_threshold=method.ohem_threshold, ohem_min_kept=method.ohem_min_kept,
+                   unimatch_threshold=method.unimatch_threshold, unimatch_fp_dropout=method.unimatch_fp_dropout)
 
     @property
     def soft(self) -> bool:
@@ -304,14 +347,15 @@ def unlabelled_feature_loss(iteration: int, s: dict, t_su: dict, t_ru: dict, opt
 
 
 def labelled_loss(s: dict, t_su: dict, t_ru: dict, target: torch.Tensor,
-                  opts: LossConfig) -> tuple[torch.Tensor, dict]:
+                  opts: LossConfig, sup=supervised_ce) -> tuple[torch.Tensor, dict]:
     """(8) L_l = L_sup + CE(S, Y_SU) + CE(S, Y_RU) on labelled images (GT ignore pixels excluded).
 
     The `pseudo` ablation switch names L_P^u (Table 3), the unlabelled pseudo-label term; the
     labelled pseudo-label CE of (7), L_P^l, has its own switch (`method.pseudo_labelled`, on as in
     METHOD.md): off, labelled images teach the student their ground truth alone.
+    `sup`: (6) itself, `supervised_ce`, or its `method.sup_loss` variant (`supervised_loss`).
     """
-    sup = supervised_ce(s["logits"], target)
+    sup = sup(s["logits"], target)
     if not opts.pseudo_labelled:
         return sup, {"sup": sup.detach()}
     pl = (pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_su), opts.threshold, target, soft=opts.soft)
@@ -335,10 +379,10 @@ def unlabelled_loss(iteration: int, s: dict, t_su: dict, t_ru: dict, opts: LossC
 
 def total_loss(iteration: int, s_l: dict, t_su_l: dict, t_ru_l: dict, target: torch.Tensor,
                s_u: dict, t_su_u: dict, t_ru_u: dict, opts: LossConfig,
-               valid_u: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+               valid_u: torch.Tensor | None = None, sup=supervised_ce) -> tuple[torch.Tensor, dict]:
     """(14) L = L_l + L_u. `s_*`, `t_*` are model outputs {"logits", "features"} on the labelled
     (`_l`) and unlabelled (`_u`) images; `valid_u` marks the unlabelled pixels holding image."""
-    l_l, terms = labelled_loss(s_l, t_su_l, t_ru_l, target, opts)
+    l_l, terms = labelled_loss(s_l, t_su_l, t_ru_l, target, opts, sup)
     l_u, terms_u = unlabelled_loss(iteration, s_u, t_su_u, t_ru_u, opts, valid_u)
     loss = l_l + l_u
     return loss, {**terms, **terms_u, "state": torch.tensor(float(swap_state(iteration))), "loss": loss.detach()}
@@ -354,7 +398,7 @@ def cutmix(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
 def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: torch.Tensor | None,
              r_u: torch.Tensor | None, weight: float = 1.5, valid_u: torch.Tensor | None = None,
              labelled_too: bool = False, targets_u: tuple[torch.Tensor, torch.Tensor] | None = None,
-             class_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+             class_weight: torch.Tensor | None = None, sup=supervised_ce) -> tuple[torch.Tensor, dict]:
     """Stage 1 (CPS, Chen et al. 2021): CE on labelled images for both teachers, plus `weight` (lambda)
     times each teacher's CE against the other's hard prediction on unlabelled images, and with
     `labelled_too` on the labelled images as well (CPS's own code takes the cross CE over the whole
@@ -368,8 +412,9 @@ def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: to
     mixed like the images; `TeachersStage`).
     `class_weight`: the cross CE's pixels weighted by their pseudo-label's class weight
     (`class_balance.class_balance_weights`, `method.cps_class_power`); the labelled CE stays unweighted.
+    `sup`: the labelled loss, (6) `supervised_ce` or its `method.sup_loss` variant (`supervised_loss`).
     """
-    sup_g, sup_r = supervised_ce(g_l, target), supervised_ce(r_l, target)
+    sup_g, sup_r = sup(g_l, target), sup(r_l, target)
     if g_u is None or r_u is None:
         loss = sup_g + sup_r
         return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "loss": loss.detach()}
@@ -400,3 +445,68 @@ def cps_weight_at(iteration: int, weight: float, rampup: int = 0, warmup: int = 
     if rampup <= 0 or t >= rampup:
         return weight
     return weight * math.exp(-5.0 * (1.0 - max(t, 0) / rampup) ** 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# UniMatch (Yang et al., CVPR 2023; LiheYoung/UniMatch, unimatch.py): a baseline and a teacher recipe,
+# not part of METHOD.md (docs/method.md). Numbered U1-U3 here.
+# ---------------------------------------------------------------------------------------------
+def weak_targets(weak_logits: torch.Tensor, valid: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(labels, confidence, valid) of the weak view's prediction, without gradient: argmax, max softmax,
+    and the pixels holding image (all True without `valid`)."""
+    p = weak_logits.detach().float().softmax(1)
+    conf, labels = p.max(1)
+    return labels, conf, torch.ones_like(labels, dtype=torch.bool) if valid is None else valid
+
+
+def mixed_targets(targets: tuple[torch.Tensor, ...], box: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The weak targets of a CutMix'd strong view: inside each sample's `box` those of the image pasted
+    there (the next sample of the batch, `cutmix`), outside its own."""
+    return tuple(cutmix(t, box) for t in targets)
+
+
+def confident_ce(logits: torch.Tensor, labels: torch.Tensor, conf: torch.Tensor, valid: torch.Tensor,
+                 threshold: float) -> torch.Tensor:
+    """(U1) UniMatch's unlabelled CE: CE(logits, labels) summed over the valid pixels whose confidence is
+    at least `threshold`, divided by the number of valid pixels (not of confident ones), so the pool's
+    weight grows with the network's confidence instead of starting at full strength."""
+    ce = F.cross_entropy(logits.float(), labels, reduction="none")
+    keep = (valid & (conf >= threshold)).to(ce.dtype)
+    return (ce * keep).sum() / valid.sum().clamp_min(1)
+
+
+def unimatch_loss(sup: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, fp: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """(U2) L = (L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2: the labelled loss, the two strong views
+    (U1 against the weak view's CutMix'd targets) and the feature-perturbed weak view (U1 against the
+    weak view's own targets), weighted as in UniMatch."""
+    loss = (sup + 0.25 * s1 + 0.25 * s2 + 0.5 * fp) / 2.0
+    return loss, {"sup": sup.detach(), "u_s": ((s1 + s2) / 2).detach(), "u_fp": fp.detach(), "loss": loss.detach()}
+
+
+def strong_inputs(batch_u: dict) -> torch.Tensor:
+    """UniMatch's two strong views of the unlabelled batch, each CutMix'd with the next sample's through
+    its own box (`data` gives `image_s`, `image_s2`, `box`, `box2`), stacked: 2B x 3 x H x W."""
+    return torch.cat([cutmix(batch_u["image_s"], batch_u["box"]), cutmix(batch_u["image_s2"], batch_u["box2"])])
+
+
+def unimatch_losses(out: dict, logits_s: torch.Tensor, batch_l: dict, batch_u: dict, opts: LossConfig,
+                    sup=supervised_ce) -> tuple[torch.Tensor, dict]:
+    """(U3) One network's UniMatch loss from its two forwards: `out` on the labelled then weak unlabelled
+    images with the feature-perturbed decode (`logits`, `logits_fp`), `logits_s` on `strong_inputs`.
+    The targets of a strong view inside its box are those of the image pasted there, taken from the same
+    weak forward (rolled by one) rather than from a third forward of a separate mix batch as UniMatch's
+    script does: a quarter less compute, the same targets up to the BatchNorm mode they are predicted in.
+    Also logs `mask`: the share of valid unlabelled pixels above the threshold."""
+    n = batch_l["image"].shape[0]
+    logits_w, logits_fp = out["logits"][n:], out["logits_fp"][n:]
+    logits_s1, logits_s2 = logits_s.chunk(2)
+    weak = weak_targets(logits_w, batch_u.get("valid"))
+    t = opts.unimatch_threshold
+    loss_s1 = confident_ce(logits_s1, *mixed_targets(weak, batch_u["box"]), t)
+    loss_s2 = confident_ce(logits_s2, *mixed_targets(weak, batch_u["box2"]), t)
+    loss_fp = confident_ce(logits_fp, *weak, t)
+    loss, terms = unimatch_loss(sup(out["logits"][:n], batch_l["mask"]), loss_s1, loss_s2, loss_fp)
+    _, conf, valid = weak
+    terms["mask"] = ((conf >= t) & valid).sum() / valid.sum().clamp_min(1)
+    return loss, terms

@@ -190,7 +190,10 @@ class DeepLabV3Plus(nn.Module):
                 "head": self.head, "channels": self.channels, "attention": self.attention,
                 "attention_residual": self.attention_residual}
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, fp_dropout: float = 0.0) -> dict[str, torch.Tensor]:
+        """`fp_dropout` > 0 (UniMatch's feature perturbation, training only) adds `logits_fp`: the
+        prediction decoded from the same backbone maps after channel dropout (Dropout2d) at that rate,
+        decoded in one batch with the clean maps as UniMatch does."""
         h, w = x.shape[-2:]
         m = self.stride
         x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m))  # shape arithmetic only: ONNX-safe
@@ -199,6 +202,21 @@ class DeepLabV3Plus(nn.Module):
         low, high = feats[self.low_index], feats[-1]
         if self.channels_last_features:  # timm Swin returns NHWC maps
             low, high = low.permute(0, 3, 1, 2), high.permute(0, 3, 1, 2)
+        if fp_dropout > 0:
+            n = low.shape[0]
+            low = torch.cat([low, F.dropout2d(low, fp_dropout, training=True)])
+            high = torch.cat([high, F.dropout2d(high, fp_dropout, training=True)])
+        logits, features = self._decode(low, high, hp, wp)
+        perturbed = None
+        if fp_dropout > 0:
+            (logits, perturbed), features = logits.split(n), features[:n]
+        out = {"logits": logits[:, :, :h, :w], "features": features[:, :, : (h + 3) // 4, : (w + 3) // 4]}
+        if perturbed is not None:
+            out["logits_fp"] = perturbed[:, :, :h, :w]
+        return out
+
+    def _decode(self, low: torch.Tensor, high: torch.Tensor, hp: int, wp: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits at the padded input size, decoder features) from the stride-4 and deepest maps."""
         if self.upsample_high:
             high = F.interpolate(high, size=(hp // self.output_stride, wp // self.output_stride),
                                  mode="bilinear", align_corners=False)
@@ -206,7 +224,7 @@ class DeepLabV3Plus(nn.Module):
             high = self.context(high)
         features = self.decoder(low, self.aspp(high))
         logits = F.interpolate(self.classifier(features), size=(hp, wp), mode="bilinear", align_corners=False)
-        return {"logits": logits[:, :, :h, :w], "features": features[:, :, : (h + 3) // 4, : (w + 3) // 4]}
+        return logits, features
 
 
 def build_segmenter(backbone: str, num_classes: int, output_stride: int = 16, pretrained: bool = False,

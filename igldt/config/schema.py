@@ -24,6 +24,8 @@ LossTerm = Literal["pseudo", "glo", "loc", "dis"]
 SingleState = Literal["half", "every"]
 PseudoTargets = Literal["hard", "soft"]
 UnlabelledPool = Literal["rest", "labelled"]
+SupLoss = Literal["ce", "ohem", "median_freq"]
+TeacherRecipe = Literal["cps", "unimatch"]
 
 # YAML 1.1 reads a bare `off`/`on` as a boolean; train.amp takes them in the sense its comment gives.
 YAML_BOOL_WORDS = "yaml_bool_words"
@@ -116,6 +118,12 @@ class MethodConfig:
     align: bool
     threshold: float | None
     pseudo_targets: PseudoTargets
+    sup_loss: SupLoss
+    ohem_threshold: float
+    ohem_min_kept: int
+    teacher_recipe: TeacherRecipe
+    unimatch_threshold: float
+    unimatch_fp_dropout: float
 
 
 # A stage section is a partial config in the same nesting (`{train: {iters: 1200}}`), each of its
@@ -128,6 +136,7 @@ class StagesConfig:
     supervised: StageSection
     teachers: StageSection
     student: StageSection
+    unimatch: StageSection
 
 
 @dataclass(frozen=True)

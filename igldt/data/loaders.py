@@ -73,19 +73,19 @@ class LabelledSet(_SeededSet):
 
 
 class UnlabelledSet(_SeededSet):
-    """Unlabelled crops: `image` (weak view), `valid` (bool HxW, False on crop padding) and,
-    with `strong`, `image_s` (photometric strong view of the same crop); with `cutmix`, `box`
-    (bool HxW CutMix region for mixing with another sample of the batch)."""
+    """Unlabelled crops: `image` (weak view), `valid` (bool HxW, False on crop padding), `strong` views
+    of the same crop (photometric: `image_s`, then `image_s2`) and `boxes` CutMix regions (bool HxW, for
+    mixing with another sample of the batch: `box`, then `box2`)."""
 
     stream = UNLABELLED_STREAM
 
     def __init__(self, ds: SegDataset, crop: Sequence[int] | None = (512, 512), scale: Sequence[float] | None = (0.5, 2.0),
-                 flip: bool = True, strong: bool = False, cutmix: bool = False,
+                 flip: bool = True, strong: int = 0, boxes: int = 0,
                  mean: Sequence[float] = T.IMAGENET_MEAN, std: Sequence[float] = T.IMAGENET_STD,
                  seed: int = 0, length: int | None = None) -> None:
         super().__init__(ds, seed, length)
         self.crop, self.scale, self.flip, self.mean, self.std = crop, scale, flip, mean, std
-        self.strong, self.cutmix = strong, cutmix
+        self.strong, self.boxes = int(strong), int(boxes)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         i = index % len(self.ds)
@@ -94,11 +94,16 @@ class UnlabelledSet(_SeededSet):
         img, pad = T.weak(img, np.zeros(img.shape[:2], np.uint8), rng, self.crop, self.scale, self.flip, mean=self.mean)
         out = {"image": torch.from_numpy(T.normalize(img, self.mean, self.std)),
                "valid": torch.from_numpy(pad != T.IGNORE)}
-        if self.strong:
-            out["image_s"] = torch.from_numpy(T.normalize(T.strong(img, rng), self.mean, self.std))
-        if self.cutmix:
-            out["box"] = torch.from_numpy(T.cutmix_box(rng, *img.shape[:2]))
+        for k in range(self.strong):
+            out[view_key("image_s", k)] = torch.from_numpy(T.normalize(T.strong(img, rng), self.mean, self.std))
+        for k in range(self.boxes):
+            out[view_key("box", k)] = torch.from_numpy(T.cutmix_box(rng, *img.shape[:2]))
         return out
+
+
+def view_key(name: str, k: int) -> str:
+    """The batch key of the k-th (from 0) strong view or CutMix box: image_s, image_s2, ...; box, box2, ..."""
+    return name if k == 0 else f"{name}{k + 1}"
 
 
 class EvalSet(Dataset):
@@ -224,13 +229,15 @@ def per_rank_batch(train: TrainConfig, world: int) -> int:
     return batch // world
 
 
-def build_train_loaders(cfg: Config, rank: int = 0, world: int = 1, validate: bool = True
-                        ) -> tuple[SeededLoader, SeededLoader | None]:
+def build_train_loaders(cfg: Config, rank: int = 0, world: int = 1, validate: bool = True,
+                        views: tuple[int, int] | None = None) -> tuple[SeededLoader, SeededLoader | None]:
     """(labelled_loader, unlabelled_loader | None) for one rank, from `data:` and `train:` keys.
 
     The labelled list is repeated to the unlabelled length so one epoch pairs every unlabelled
     image with a labelled one; both load `per_rank_batch(train, world)` images a step. With `validate`, the
     labelled set is checked completely (`assert_valid`) and unlabelled images must exist.
+    `views`: (strong views, CutMix boxes) of each unlabelled crop, what the stage uses (default: one of
+    each where `data.strong` / `data.cutmix` ask for them).
     Call `loader.set_epoch(epoch)` on both loaders at the start of every epoch.
     """
     d, t = cfg.data, cfg.train
@@ -252,7 +259,8 @@ def build_train_loaders(cfg: Config, rank: int = 0, world: int = 1, validate: bo
     lab_loader = _loader(LabelledSet(labelled, length=length, **common), batch, rank, world, t.seed, d.workers)
     if unlabelled is None:
         return lab_loader, None
-    unl_set = UnlabelledSet(unlabelled, strong=d.strong, cutmix=d.cutmix, length=length, **common)
+    strong, boxes = views if views is not None else (int(d.strong), int(d.cutmix))
+    unl_set = UnlabelledSet(unlabelled, strong=strong, boxes=boxes, length=length, **common)
     return lab_loader, _loader(unl_set, batch, rank, world, t.seed + 1, d.workers)
 
 

@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 
 from igldt.checkpoint import load_checkpoint
+from igldt.class_balance import median_frequency_weights
 from igldt.config import Config, TrainConfig
 from igldt.data.loaders import build_train_loaders, build_val_set
 from igldt.io import write_text_atomic
@@ -289,6 +290,14 @@ def default_out_dir(stage: str) -> Path:
     return Path("runs") / stage
 
 
+def label_weights(cfg: Config, labelled_loader, classes: int) -> torch.Tensor | None:
+    """(6)'s median-frequency class weights over the labelled images, where `method.sup_loss` asks for them."""
+    if cfg.method.sup_loss != "median_freq":
+        return None
+    ds = labelled_loader.dataset.ds
+    return median_frequency_weights((ds.load_mask(i) for i in range(len(ds))), classes)
+
+
 def train(cfg: Config, stage: str, out_dir: str | Path | None = None, *, teachers: str | Path | None = None,
           resume: str | Path | dict | None = None, device: str = "auto", exist_ok: bool = False) -> FitResult:
     """Train one stage from a config: data (checked), models, validation on data.val_split, `fit`.
@@ -309,10 +318,10 @@ def train(cfg: Config, stage: str, out_dir: str | Path | None = None, *, teacher
             prepare_run_dir(out_dir, resume_ckpt is not None, exist_ok)
         D.barrier(ctx)
         seed_everything(cfg.train.seed)  # identical model initialisation on every rank
-        loaders = build_train_loaders(cfg, ctx.rank, ctx.world)  # refuses data with problems
+        loaders = build_train_loaders(cfg, ctx.rank, ctx.world, views=STAGES[stage].views(cfg))  # refuses bad data
         val_set = build_val_set(cfg.data)
         classes = list(val_set.classes)
-        built = build_stage(cfg, stage, len(classes), teachers)
+        built = build_stage(cfg, stage, len(classes), teachers, label_weights(cfg, loaders[0], len(classes)))
         val = make_validator(cfg, val_set.ds, ctx, figures=out_dir)
         meta = {"dataset_meta": {"classes": classes, "palette": val_set.ds.palette}, "config": cfg}
         return fit(built, loaders, cfg, out_dir, ctx=ctx, val=val, meta=meta, resume=resume_ckpt)

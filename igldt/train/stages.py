@@ -5,6 +5,10 @@ does everything else the same way for all three.
 - `SupervisedStage`: the student architecture on labelled images only (the "Sup-only" baseline).
 - `TeachersStage`: T_SU and T_RU trained jointly with CPS (METHOD.md stage 1); one checkpoint holds both.
 - `StudentStage`: teachers frozen (eval mode, no gradients), the student learns with (6)-(14).
+- `UniMatchStage`: the student architecture trained with UniMatch (U1-U3 in losses.py), a baseline; with
+  `method.teacher_recipe: unimatch` the teachers stage trains each teacher that way instead of CPS.
+
+Every stage's labelled loss is (6) as `method.sup_loss` chooses (`Stage.sup`).
 """
 from __future__ import annotations
 
@@ -78,8 +82,9 @@ class TeacherPair(nn.Module):
         self.global_teacher = global_teacher
         self.local_teacher = local_teacher
 
-    def forward(self, x: torch.Tensor) -> tuple[Outputs, Outputs]:
-        return self.global_teacher(x), self.local_teacher(x)
+    def forward(self, x: torch.Tensor, fp_dropout: float = 0.0) -> tuple[Outputs, Outputs]:
+        kw = {"fp_dropout": fp_dropout} if fp_dropout else {}  # UniMatch's feature perturbation only
+        return self.global_teacher(x, **kw), self.local_teacher(x, **kw)
 
 
 class Stage:
@@ -88,16 +93,26 @@ class Stage:
     uses_unlabelled = False
     mixes = False  # uses data.cutmix's boxes (the teachers' CPS); the other stages refuse it
 
-    def __init__(self, cfg: Config, trainable: dict[str, nn.Module]):
+    def __init__(self, cfg: Config, trainable: dict[str, nn.Module], class_weight: torch.Tensor | None = None):
         if self.uses_unlabelled and cfg.data.cutmix and not self.mixes:
             raise ValueError(f"data.cutmix: the {self.name} stage has no CutMix in its losses (METHOD.md; only the "
                              "teachers' CPS can use it); set data.cutmix=false for this stage")
         self.cfg = cfg
         self.opts = L.LossConfig.from_cfg(cfg.method)
+        self.class_weight = class_weight  # (6)'s median-frequency weights (method.sup_loss: median_freq)
         self._raw = dict(trainable)
         self.run: dict[str, nn.Module] = dict(trainable)  # what step() calls: DDP-wrapped when distributed
         self.frozen: dict[str, nn.Module] = {}
         self.ctx: DistContext | None = None  # set by distribute()
+
+    @classmethod
+    def views(cls, cfg: Config) -> tuple[int, int]:
+        """(strong views, CutMix boxes) each unlabelled crop needs: what data.strong / data.cutmix ask for."""
+        return int(cfg.data.strong), int(cfg.data.cutmix)
+
+    def sup(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(6) on labelled images, as `method.sup_loss` chooses (`losses.supervised_loss`)."""
+        return L.supervised_loss(logits, target, self.opts, self.class_weight)
 
     # -- placement -------------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
@@ -176,23 +191,25 @@ class SupervisedStage(Stage):
     name, kind = "supervised", "supervised"
     uses_unlabelled = False
 
-    def __init__(self, cfg: Config, student: nn.Module):
-        super().__init__(cfg, {"student": student})
+    def __init__(self, cfg: Config, student: nn.Module, class_weight: torch.Tensor | None = None):
+        super().__init__(cfg, {"student": student}, class_weight)
 
     def step(self, batch_l, batch_u, iteration):
         out = self.run["student"](batch_l["image"])
-        loss = L.supervised_ce(out["logits"], batch_l["mask"])
+        loss = self.sup(out["logits"], batch_l["mask"])
         return loss, {"sup": loss.detach(), "loss": loss.detach()}
 
 
 class TeachersStage(Stage):
     """Stage 1: T_SU and T_RU trained jointly with cross pseudo supervision (weight method.cps_weight);
-    with data.cutmix, CPS with CutMix as in the CPS paper's CutMix experiments."""
+    with data.cutmix, CPS with CutMix as in the CPS paper's CutMix experiments. With
+    `method.teacher_recipe: unimatch`, each teacher learns on its own with UniMatch instead (`_unimatch`)."""
     name, kind = "teachers", "teachers"
     uses_unlabelled, mixes = True, True
 
-    def __init__(self, cfg: Config, global_teacher: nn.Module, local_teacher: nn.Module):
-        super().__init__(cfg, {"teachers": TeacherPair(global_teacher, local_teacher)})
+    def __init__(self, cfg: Config, global_teacher: nn.Module, local_teacher: nn.Module,
+                 class_weight: torch.Tensor | None = None):
+        super().__init__(cfg, {"teachers": TeacherPair(global_teacher, local_teacher)}, class_weight)
         self.class_freq: torch.Tensor | None = None   # labelled class frequency (method.cps_class_power)
         self.pseudo_freq: torch.Tensor | None = None  # cross pseudo-labels' class frequency (cps_class_ratio)
 
@@ -235,13 +252,19 @@ class TeachersStage(Stage):
         pair, (mult, att) = self.modules()["teachers"], self._lr_mults()
         return _groups(pair.global_teacher, "global", mult, att) + _groups(pair.local_teacher, "local", mult, att)
 
+    @classmethod
+    def views(cls, cfg: Config) -> tuple[int, int]:
+        return UniMatchStage.views(cfg) if cfg.method.teacher_recipe == "unimatch" else super().views(cfg)
+
     def step(self, batch_l, batch_u, iteration):
+        if self.cfg.method.teacher_recipe == "unimatch":
+            return self._unimatch(batch_l, batch_u)
         n = batch_l["image"].shape[0]
         lam = L.cps_weight_at(iteration, self.opts.cps_weight, self.opts.cps_rampup, self.opts.cps_warmup)
         if lam == 0.0:  # labelled-only warm-up (method.cps_warmup): an unlabelled forward would add nothing
             g_l, r_l = self.run["teachers"](batch_l["image"])
             self._class_weight(batch_l["mask"], g_l["logits"].shape[1])  # the frequencies count from the start
-            loss, terms = L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], None, None, lam)
+            loss, terms = L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], None, None, lam, sup=self.sup)
             return loss, {**terms, "lambda": torch.tensor(lam)}
         x_u, valid, targets = batch_u["image"], batch_u.get("valid"), None
         if "box" in batch_u:
@@ -252,8 +275,20 @@ class TeachersStage(Stage):
         cross = self._cross_labels(g_u, r_u, valid, targets)
         weight = self._class_weight(batch_l["mask"], g_l["logits"].shape[1], cross)
         loss, terms = L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], g_u["logits"], r_u["logits"],
-                                 lam, valid, self.opts.cps_labelled, targets, weight)
+                                 lam, valid, self.opts.cps_labelled, targets, weight, sup=self.sup)
         return loss, {**terms, "lambda": torch.tensor(lam)}
+
+    def _unimatch(self, batch_l, batch_u):
+        """`method.teacher_recipe: unimatch`: each teacher learns with UniMatch (U3) on the same batches,
+        no cross supervision; two forwards of the pair per step, as UniMatch makes of its network."""
+        pair = self.run["teachers"]
+        outs = pair(torch.cat([batch_l["image"], batch_u["image"]]), self.opts.unimatch_fp_dropout)
+        strong = pair(L.strong_inputs(batch_u))
+        (g, g_terms), (r, r_terms) = (L.unimatch_losses(o, s["logits"], batch_l, batch_u, self.opts, self.sup)
+                                      for o, s in zip(outs, strong))
+        terms = {**{f"{k}_g": v for k, v in g_terms.items() if k != "loss"},
+                 **{f"{k}_r": v for k, v in r_terms.items() if k != "loss"}}
+        return g + r, {**terms, "loss": (g + r).detach()}
 
     def _cross_labels(self, g_u: Outputs, r_u: Outputs, valid: torch.Tensor | None, targets) -> list[torch.Tensor]:
         """The hard labels each teacher gives the other on the unlabelled images (padding ignored), for
@@ -364,22 +399,45 @@ class StudentStage(Stage):
             su, ru = self.aligner(batch_l["mask"], [su, ru], n, batch_u.get("valid"))
         (s_l, s_u), (su_l, su_u), (ru_l, ru_u) = _split(s, n), _split(su, n), _split(ru, n)
         return L.total_loss(iteration, s_l, su_l, ru_l, batch_l["mask"], s_u, su_u, ru_u, self.opts,
-                            batch_u.get("valid"))
+                            batch_u.get("valid"), self.sup)
 
 
-STAGES = {"supervised": SupervisedStage, "teachers": TeachersStage, "student": StudentStage}
+class UniMatchStage(Stage):
+    """The UniMatch baseline (Yang et al., CVPR 2023): the student network learns from its labels and,
+    on unlabelled images, from its own confident weak-view predictions through two CutMix'd strong
+    views and a feature-perturbed decode (U1-U3, losses.py)."""
+    name, kind = "unimatch", "unimatch"
+    uses_unlabelled, mixes = True, True
+
+    def __init__(self, cfg: Config, student: nn.Module, class_weight: torch.Tensor | None = None):
+        super().__init__(cfg, {"student": student}, class_weight)
+
+    @classmethod
+    def views(cls, cfg: Config) -> tuple[int, int]:
+        return 2, 2  # two strong views, each CutMix'd with its own box
+
+    def step(self, batch_l, batch_u, iteration):
+        model = self.run["student"]
+        out = model(torch.cat([batch_l["image"], batch_u["image"]]), fp_dropout=self.opts.unimatch_fp_dropout)
+        return L.unimatch_losses(out, model(L.strong_inputs(batch_u))["logits"], batch_l, batch_u, self.opts, self.sup)
 
 
-def build_stage(cfg: Config, name: str, num_classes: int, teachers: str | None = None) -> Stage:
+STAGES = {"supervised": SupervisedStage, "teachers": TeachersStage, "student": StudentStage,
+          "unimatch": UniMatchStage}
+
+
+def build_stage(cfg: Config, name: str, num_classes: int, teachers: str | None = None,
+                class_weight: torch.Tensor | None = None) -> Stage:
     """The stage `name` with its models built from `cfg.model` (the student stage loads both
-    teachers from the teachers checkpoint `teachers`, whose arch it reads from the file)."""
+    teachers from the teachers checkpoint `teachers`, whose arch it reads from the file).
+    `class_weight`: (6)'s median-frequency weights, for `method.sup_loss: median_freq`."""
     if name not in STAGES:
         raise ValueError(f"--stage {name}: choose one of {', '.join(STAGES)}")
-    if name == "supervised":
-        return SupervisedStage(cfg, build_role(cfg, "student", num_classes))
+    if name in ("supervised", "unimatch"):
+        return STAGES[name](cfg, build_role(cfg, "student", num_classes), class_weight)
     if name == "teachers":
         return TeachersStage(cfg, build_role(cfg, "global_teacher", num_classes),
-                             build_role(cfg, "local_teacher", num_classes))
+                             build_role(cfg, "local_teacher", num_classes), class_weight)
     if not teachers:
         raise ValueError("the student stage needs the teachers: pass --teachers runs/teachers/best.pt "
                          "(from `igldt train --stage teachers`)")
@@ -389,5 +447,6 @@ def build_stage(cfg: Config, name: str, num_classes: int, teachers: str | None =
             raise ValueError(f"--teachers {teachers}: the {role} teacher predicts {m.num_classes} classes, "
                              f"the dataset has {num_classes}; train teachers on this dataset")
     stage = StudentStage(cfg, build_role(cfg, "student", num_classes), g, r)
+    stage.class_weight = class_weight
     stage.teachers_path = str(teachers)  # recorded in last.pt so a resume finds the same teachers
     return stage
