@@ -258,6 +258,7 @@ class LossConfig:
     single_state: str = "half"
     cps_class_power: float | None = None
     cps_class_ratio: bool = False
+    cps_threshold: float | None = None
     pseudo_targets: str = "hard"
     sup_loss: str = "ce"
     ohem_threshold: float = 0.7
@@ -273,8 +274,8 @@ class LossConfig:
         if method.cps_class_power is not None and method.cps_class_power < 0:
             raise ValueError(f"method.cps_class_power={method.cps_class_power}: a power >= 0 (0.5: inverse square "
                              "root of the class frequency), or null for unweighted CPS")
-        for key in ("ohem_threshold", "unimatch_threshold", "unimatch_fp_dropout"):
-            if not 0.0 <= getattr(method, key) <= 1.0:
+        for key in ("ohem_threshold", "unimatch_threshold", "unimatch_fp_dropout", "cps_threshold"):
+            if getattr(method, key) is not None and not 0.0 <= getattr(method, key) <= 1.0:
                 raise ValueError(f"method.{key}={getattr(method, key)}: a value in [0, 1]")
         if method.ohem_min_kept < 1:
             raise ValueError(f"method.ohem_min_kept={method.ohem_min_kept}: at least 1 pixel")
@@ -285,7 +286,8 @@ class LossConfig:
                    cps_weight=method.cps_weight, cps_rampup=method.cps_rampup, cps_warmup=method.cps_warmup,
                    pseudo_labelled=method.pseudo_labelled, align=method.align, cps_labelled=method.cps_labelled,
                    single_state=method.single_state, cps_class_power=method.cps_class_power,
-                   cps_class_ratio=method.cps_class_ratio, pseudo_targets=method.pseudo_targets,
+                   cps_class_ratio=method.cps_class_ratio, cps_threshold=method.cps_threshold,
+                   pseudo_targets=method.pseudo_targets,
                    sup_loss=method.sup_loss, ohem_threshold=method.ohem_threshold, ohem_min_kept=method.ohem_min_kept,
                    unimatch_threshold=method.unimatch_threshold, unimatch_fp_dropout=method.unimatch_fp_dropout)
 
@@ -398,7 +400,8 @@ def cutmix(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
 def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: torch.Tensor | None,
              r_u: torch.Tensor | None, weight: float = 1.5, valid_u: torch.Tensor | None = None,
              labelled_too: bool = False, targets_u: tuple[torch.Tensor, torch.Tensor] | None = None,
-             class_weight: torch.Tensor | None = None, sup=supervised_ce) -> tuple[torch.Tensor, dict]:
+             class_weight: torch.Tensor | None = None, sup=supervised_ce,
+             threshold: float | None = None) -> tuple[torch.Tensor, dict]:
     """Stage 1 (CPS, Chen et al. 2021): CE on labelled images for both teachers, plus `weight` (lambda)
     times each teacher's CE against the other's hard prediction on unlabelled images, and with
     `labelled_too` on the labelled images as well (CPS's own code takes the cross CE over the whole
@@ -413,6 +416,9 @@ def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: to
     `class_weight`: the cross CE's pixels weighted by their pseudo-label's class weight
     (`class_balance.class_balance_weights`, `method.cps_class_power`); the labelled CE stays unweighted.
     `sup`: the labelled loss, (6) `supervised_ce` or its `method.sup_loss` variant (`supervised_loss`).
+    `threshold` (`method.cps_threshold`, a deviation): each cross CE counts only the pixels where the
+    partner's confidence reaches it, divided by all valid pixels (`confident_ce`, UniMatch's rule), so
+    the pool's weight grows with the partners' confidence; not combined with `class_weight`.
     """
     sup_g, sup_r = sup(g_l, target), sup(r_l, target)
     if g_u is None or r_u is None:
@@ -423,8 +429,14 @@ def cps_loss(g_l: torch.Tensor, r_l: torch.Tensor, target: torch.Tensor, g_u: to
         g_u, r_u, t_g, t_r = torch.cat([g_l, g_u]), torch.cat([r_l, r_u]), torch.cat([g_l, t_g]), torch.cat([r_l, t_r])
         if valid_u is not None:
             valid_u = torch.cat([torch.ones_like(valid_u[:1]).expand(g_l.shape[0], -1, -1), valid_u])
-    cps = (pseudo_label_ce(g_u, t_r, valid=valid_u, class_weight=class_weight)
-           + pseudo_label_ce(r_u, t_g, valid=valid_u, class_weight=class_weight))
+    if threshold is not None:
+        if class_weight is not None:
+            raise ValueError("method.cps_threshold and method.cps_class_power do not combine; choose one")
+        cps = (confident_ce(g_u, *weak_targets(t_r, valid_u), threshold)
+               + confident_ce(r_u, *weak_targets(t_g, valid_u), threshold))
+    else:
+        cps = (pseudo_label_ce(g_u, t_r, valid=valid_u, class_weight=class_weight)
+               + pseudo_label_ce(r_u, t_g, valid=valid_u, class_weight=class_weight))
     loss = sup_g + sup_r + weight * cps
     return loss, {"sup_g": sup_g.detach(), "sup_r": sup_r.detach(), "cps": cps.detach(), "loss": loss.detach()}
 

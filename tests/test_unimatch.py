@@ -160,3 +160,41 @@ def test_stages_train_through_the_loop(tiny_demo, tmp_path, stage, extra):
         assert {"sup", "u_s", "u_fp", "mask"} <= set(rec)
     if stage == "teachers":
         assert {"u_s_g", "u_fp_r", "mask_g"} <= set(rec) and "cps" not in rec
+
+
+def test_cps_threshold_counts_confident_cross_labels_over_all_valid_pixels():
+    """method.cps_threshold: each teacher's cross CE is U1 against the other's confident argmax."""
+    torch.manual_seed(1)
+    g_l, r_l = torch.randn(1, 3, 2, 2), torch.randn(1, 3, 2, 2)
+    g_u, r_u = torch.randn(2, 3, 2, 2) * 3, torch.randn(2, 3, 2, 2) * 3
+    target = torch.zeros(1, 2, 2, dtype=torch.long)
+    valid = torch.ones(2, 2, 2, dtype=torch.bool)
+    valid[1, 1] = False
+    loss, terms = L.cps_loss(g_l, r_l, target, g_u, r_u, 1.5, valid, threshold=0.8)
+
+    def cross(student, partner):
+        conf, lab = partner.softmax(1).max(1)
+        total = sum(_ce(student[i, :, y, x].tolist(), int(lab[i, y, x])) for i in range(2) for y in range(2)
+                    for x in range(2) if valid[i, y, x] and conf[i, y, x] >= 0.8)
+        return total / int(valid.sum())
+
+    expected = cross(g_u, r_u) + cross(r_u, g_u)
+    assert terms["cps"].item() == pytest.approx(expected, rel=1e-5)
+    sup = L.supervised_ce(g_l, target) + L.supervised_ce(r_l, target)
+    assert loss.item() == pytest.approx(sup.item() + 1.5 * expected, rel=1e-5)
+    with pytest.raises(ValueError, match="do not combine"):
+        L.cps_loss(g_l, r_l, target, g_u, r_u, 1.5, valid, class_weight=torch.ones(3), threshold=0.8)
+
+
+def test_keep_validated_keeps_every_validated_model(tiny_demo, tmp_path):
+    from igldt.checkpoint import load_model
+    from igldt.train.loop import train
+
+    cfg = load_config("demo", [f"data.root={tiny_demo}", "data.crop=[32,48]", "data.workers=0", "train.batch_size=2",
+                               "train.iters=4", "train.val_every=2", "train.keep_validated=true",
+                               "model.student.pretrained=false", "model.student.weights=null"])
+    train(cfg, "supervised", tmp_path / "run", device="cpu")
+    kept = sorted(p.name for p in (tmp_path / "run").glob("val_*.pt"))
+    assert kept == ["val_000002.pt", "val_000004.pt"]
+    _, meta = load_model(tmp_path / "run" / "val_000002.pt")
+    assert meta["iteration"] == 2

@@ -99,6 +99,7 @@ class TrainConfig:
     max_nonfinite: int
     save_every: int
     save_every_s: float
+    keep_validated: bool
     log_every: int
 
 
@@ -110,6 +111,7 @@ class MethodConfig:
     cps_labelled: bool
     cps_class_power: float | None
     cps_class_ratio: bool
+    cps_threshold: float | None
     alpha: float
     grid: int
     losses: tuple[LossTerm, ...]

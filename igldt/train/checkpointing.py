@@ -103,11 +103,13 @@ class Checkpointer:
             return True
         return bool(self.every_s) and D.any_true(self.clock() - self._saved_time >= self.every_s, self.train.ctx)
 
-    def save_best(self, score: float | None) -> None:
+    def save_best(self, score: float | None, name: str = "best.pt") -> None:
+        """The stage's export payload as `name` (best.pt; `val_<iteration>.pt` with train.keep_validated)."""
         if self.train.ctx.is_main and self.meta is not None:
             payload = self.train.stage.export_payload({**self.meta, "miou": score, "iteration": self.state.it})
-            checkpoint.save_checkpoint(self.out_dir / "best.pt", payload)
-            self.best = self.out_dir / "best.pt"
+            checkpoint.save_checkpoint(self.out_dir / name, payload)
+            if name == "best.pt":
+                self.best = self.out_dir / name
         D.barrier(self.train.ctx)
 
     def validate(self, val: Callable, log: RunLogger) -> None:
@@ -116,6 +118,8 @@ class Checkpointer:
         scores = D.broadcast_object(self.train.stage.validate(val), self.train.ctx)  # every rank validates (its shard)
         st.history.append({"iteration": st.it, **scores})
         log.val(st.it, scores)
+        if self.cfg.train.keep_validated:  # every validated model kept, for studies over the curve
+            self.save_best(scores["score"], f"val_{st.it:06d}.pt")
         if st.best is None or scores["score"] > st.best:
             st.best = scores["score"]
             self.save_best(st.best)

@@ -275,7 +275,8 @@ class TeachersStage(Stage):
         cross = self._cross_labels(g_u, r_u, valid, targets)
         weight = self._class_weight(batch_l["mask"], g_l["logits"].shape[1], cross)
         loss, terms = L.cps_loss(g_l["logits"], r_l["logits"], batch_l["mask"], g_u["logits"], r_u["logits"],
-                                 lam, valid, self.opts.cps_labelled, targets, weight, sup=self.sup)
+                                 lam, valid, self.opts.cps_labelled, targets, weight, sup=self.sup,
+                                 threshold=self.opts.cps_threshold)
         return loss, {**terms, "lambda": torch.tensor(lam)}
 
     def _unimatch(self, batch_l, batch_u):
