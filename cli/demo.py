@@ -45,7 +45,7 @@ def demo(out: Path, overrides, device: str, exist_ok: bool, skip_deploy: bool, d
     """Train Sup-only, the CPS teachers and the IGL-DT student on the demo data, export, infer.
 
     \b
-    igldt demo                      # about 10 minutes on 2 CPU cores
+    igldt demo                      # about 4 minutes on 2 CPU cores
     igldt demo -o train.iters=30    # a quick look
     igldt demo --data-only          # just the data, for igldt train --preset demo
     """
