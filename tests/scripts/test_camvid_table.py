@@ -1,4 +1,4 @@
-"""scripts/camvid_table.py --budget: every step's iterations scale together, the recipe's proportions stay."""
+"""scripts/camvid_table.py: --budget scales every step together, --iters sets one, the table and curve on demo data."""
 import importlib.util
 from pathlib import Path
 
@@ -24,9 +24,45 @@ def test_budget_scales_every_step_and_the_teachers_labels_only_phase():
     student, _ = _iters([])
     teachers, warmup = _iters([], "teachers")
     one, two = table.budget_overrides("camvid-cpu", [], 1), table.budget_overrides("camvid-cpu", [], 2)
-    assert {k: v for k, v in one.items() if v} == {"supervised-long": [f"train.iters={teachers}"]}
+    long = [f"train.iters={teachers}"]  # Sup-only's long baseline and UniMatch run the longest stage's count
+    assert {k: v for k, v in one.items() if v} == {"supervised-long": long, "unimatch": long}
     for step in ("supervised", "student"):
         assert _iters(two[step])[0] == 2 * student
     for step in ("teachers", "cps"):
         assert _iters(two[step], "teachers") == (2 * teachers, 2 * warmup)
     assert _iters(two["supervised-long"])[0] == 2 * teachers
+
+
+def test_iters_sets_a_step_outright_and_scales_its_labels_only_phase():
+    table = _table()
+    teachers, warmup = _iters([], "teachers")
+    steps = table.budget_overrides("camvid-cpu", [], 1, {"unimatch": 1600, "teachers-unimatch": 2 * teachers})
+    assert _iters(steps["unimatch"])[0] == 1600
+    assert _iters(steps["teachers-unimatch"], "teachers") == (2 * teachers, 2 * warmup)
+    assert _iters(steps["supervised-long"])[0] == teachers  # the longest stage's count by default
+    assert table.fraction_label(0.03125) == "1/32" and table.fraction_label(0.3) == "0.3"
+
+
+def test_table_at_a_tiny_fraction_on_the_demo_data(tiny_demo, tmp_path):
+    """The script end to end on the tiny demo data: three steps of two iterations each, the table and
+    the curve plot written, every step's command and wall time recorded."""
+    import json
+    import subprocess
+    import sys
+
+    results = tmp_path / "results.md"
+    cmd = [sys.executable, str(SCRIPT), "--preset", "demo", "--data", str(tiny_demo), "--fraction", "1/2",
+           "--out", str(tmp_path / "runs"), "--results", str(results),
+           "--stages", "supervised", "supervised-long", "unimatch",
+           "--iters", "supervised=2", "supervised-long=3", "unimatch=2",
+           "-o", "data.crop=[32,48]", "-o", "train.batch_size=2", "-o", "data.workers=0"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    text = results.read_text()
+    assert "# Results: demo, 1/2 labels" in text and "4 of 8 images" in text
+    for row in ("| Sup-only |", "| Sup-only, longest budget |", "| UniMatch |"):
+        assert row in text, row
+    assert "supervised 2, supervised-long 3, unimatch 2" in text
+    assert (tmp_path / "results-curve.png").stat().st_size > 1000
+    done = json.loads((tmp_path / "runs" / "seed0" / "unimatch" / "done.json").read_text())
+    assert done["command"].startswith("igldt train --stage unimatch") and done["wall"] > 0
