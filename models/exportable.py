@@ -71,6 +71,16 @@ def _fixed(layer: nn.Module) -> nn.Module:
     return nn.Sequential(nn.ConstantPad2d((left, right, top, bottom), value), op)
 
 
+def _run_hooked(model: nn.Module, probe: torch.Tensor, handles: list) -> None:
+    """One forward of `model` on `probe` without gradient, its hooks (`handles`) removed afterwards."""
+    try:
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def check_divisible(model: nn.Module, probe: torch.Tensor) -> None:
     """Raise ValueError naming the first 'same' layer whose input is not divisible by its stride when
     `model` runs on `probe`. With the smallest input the contract admits (H = W = the network's stride),
@@ -86,12 +96,7 @@ def check_divisible(model: nn.Module, probe: torch.Tensor) -> None:
         return check
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, SAME_LAYERS)]
-    try:
-        with torch.no_grad():
-            model(probe)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model, probe, handles)
     if bad:
         raise ValueError(f"'same' padding cannot be fixed for inputs of this size: {bad[0]}")
 
@@ -142,12 +147,7 @@ def _conv_bn_pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, str
     handles = [m.register_forward_hook(conv_hook(n)) for n, m in model.named_modules() if type(m) is nn.Conv2d]
     handles += [m.register_forward_pre_hook(bn_hook(n)) for n, m in model.named_modules()
                 if type(m) in (nn.BatchNorm2d, BatchNormAct2d) and m.track_running_stats]
-    try:
-        with torch.no_grad():
-            model(probe)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model, probe, handles)
     convs = [c for c, _ in pairs]
     return [(c, b) for c, b in pairs if convs.count(c) == 1]  # a conv that feeds two norms stays as it is
 
