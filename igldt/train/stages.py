@@ -365,8 +365,9 @@ class StudentStage(Stage):
     uses_unlabelled = True
     teachers_path: str | None = None
 
-    def __init__(self, cfg: Config, student: nn.Module, global_teacher: nn.Module, local_teacher: nn.Module):
-        super().__init__(cfg, {"student": student})
+    def __init__(self, cfg: Config, student: nn.Module, global_teacher: nn.Module, local_teacher: nn.Module,
+                 class_weight: torch.Tensor | None = None):
+        super().__init__(cfg, {"student": student}, class_weight)
         self.frozen = {"global": Frozen(global_teacher), "local": Frozen(local_teacher)}
         self.aligner = Aligner(student.num_classes) if self.opts.align else None
 
@@ -447,7 +448,6 @@ def build_stage(cfg: Config, name: str, num_classes: int, teachers: str | None =
         if m.num_classes != num_classes:
             raise ValueError(f"--teachers {teachers}: the {role} teacher predicts {m.num_classes} classes, "
                              f"the dataset has {num_classes}; train teachers on this dataset")
-    stage = StudentStage(cfg, build_role(cfg, "student", num_classes), g, r)
-    stage.class_weight = class_weight
+    stage = StudentStage(cfg, build_role(cfg, "student", num_classes), g, r, class_weight)
     stage.teachers_path = str(teachers)  # recorded in last.pt so a resume finds the same teachers
     return stage
