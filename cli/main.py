@@ -17,6 +17,7 @@ COMMANDS = {
     "export": ("export:export", "Export a student checkpoint to ONNX (fp32/fp16/int8) or a TensorRT engine."),
     "infer": ("infer:infer", "Segment images, folders, videos, cameras or streams."),
     "benchmark": ("benchmark:benchmark", "Latency, FPS, size and mIoU of several artefacts side by side."),
+    "suggest": ("suggest:suggest", "Rank the unlabelled pool: which images to label next (teachers' disagreement)."),
     "split": ("data:split", "Write a seeded labelled/unlabelled split of a training set."),
     "check-data": ("data:check_data", "Validate a dataset and report every problem at once."),
 }

@@ -55,11 +55,19 @@ def median_frequency_weights(masks, classes: int) -> torch.Tensor:
         counts = label_counts(torch.as_tensor(mask).long(), classes).double()
         pixels += counts
         present_in += (counts > 0).double() * counts.sum()
-    seen = pixels > 0
-    if not bool(seen.any()):
+    if not bool((pixels > 0).any()):
         raise ValueError("median-frequency weights: the labelled masks hold no labelled pixel")
+    return median_frequency(pixels, present_in)
+
+
+def median_frequency(pixels: torch.Tensor, present_in: torch.Tensor) -> torch.Tensor:
+    """w_c = median(f) / f_c with f_c = pixels_c / present_in_c (class c's pixels over the pixels of the
+    images holding it); a class with no pixel gets the largest weight of the others. Some class must
+    have a pixel."""
+    pixels, present_in = pixels.double(), present_in.double()
+    seen = pixels > 0
     freq = pixels[seen] / present_in[seen]
-    w = torch.full((classes,), 0.0, dtype=torch.float64)
+    w = torch.full(pixels.shape, 0.0, dtype=torch.float64)
     w[seen] = freq.median() / freq
     w[~seen] = w[seen].max()
     return w.float()

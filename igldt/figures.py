@@ -203,10 +203,11 @@ def sample_row(s: Sample, palette: np.ndarray, width: int) -> list[np.ndarray]:
             fit_width(colorize(s.prediction, palette), width, labels=True), errors]
 
 
-def legend(classes: Sequence[str], palette: np.ndarray, width: int) -> np.ndarray:
-    """Colour swatches with class names (then 'ignore' and 'wrong'), wrapped to `width`."""
+def legend(classes: Sequence[str], palette: np.ndarray, width: int,
+           extra: Sequence[tuple[str, tuple]] = (("ignore", BLACK), ("wrong", RED))) -> np.ndarray:
+    """Colour swatches with class names (then `extra`: 'ignore' and 'wrong'), wrapped to `width`."""
     entries = [(str(c), tuple(int(v) for v in palette[i]) if i < len(palette) else BLACK)
-               for i, c in enumerate(classes)] + [("ignore", BLACK), ("wrong", RED)]
+               for i, c in enumerate(classes)] + list(extra)
     line_h = text_size("Ag")[1] + 6
     placed, x, y = [], 0, 0
     for name, colour in entries:
@@ -229,18 +230,26 @@ def draw_samples(samples: Sequence[Sample], classes: Sequence[str], palette, wid
     if not samples:
         raise ValueError("no samples to draw")
     palette = np.asarray(palette, np.uint8).reshape(-1, 3)
-    total_w = 4 * width + 3 * PAD
+    return draw_grid(("image", "ground truth", "prediction", "errors (red), ignore (black)"),
+                     [sample_row(s, palette, width) for s in samples], legend(classes, palette, 4 * width + 3 * PAD),
+                     width)
+
+
+def draw_grid(titles: Sequence[str], rows: Sequence[Sequence[np.ndarray]], footer: np.ndarray | None,
+              width: int = TILE_WIDTH) -> np.ndarray:
+    """RGB grid of tiles `width` wide: a header of column titles, the rows, then `footer` (a legend)."""
+    total_w = len(titles) * width + (len(titles) - 1) * PAD
     header = np.full((text_size("Ag")[1] + 6, total_w, 3), 255, np.uint8)
-    for k, title in enumerate(("image", "ground truth", "prediction", "errors (red), ignore (black)")):
+    for k, title in enumerate(titles):
         put_text(header, title, k * (width + PAD) + (width - text_size(title)[0]) // 2, 2)
     blocks = [header]
-    for s in samples:
-        tiles = sample_row(s, palette, width)
-        row = np.full((tiles[0].shape[0], total_w, 3), 255, np.uint8)
+    for tiles in rows:
+        row = np.full((max(t.shape[0] for t in tiles), total_w, 3), 255, np.uint8)
         for k, tile in enumerate(tiles):
             paste(row, tile, k * (width + PAD), 0)
         blocks += [row, np.full((PAD, total_w, 3), 255, np.uint8)]
-    blocks.append(legend(classes, palette, total_w))
+    if footer is not None:
+        blocks.append(footer)
     body = np.concatenate(blocks)
     return cv2.copyMakeBorder(body, PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=WHITE)
 
