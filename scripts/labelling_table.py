@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Which images to label next, measured on CamVid: add K images picked by each `igldt suggest` method to
+a seeded split, train Sup-only on each enlarged split (same recipe, same budget, several training
+seeds), and write the table of val mIoU (docs/labelling.md).
+
+CamVid's pool images have masks, so labelling the picks is simulated by training on them. Random picks
+are the control, averaged over several draws. The picks come from one teachers checkpoint (the
+label-scarce table's, trained on the starting split); the lists `igldt suggest` writes are what
+every run trains on, so any row can be re-run by hand:
+
+    python scripts/labelling_table.py --teachers runs/l32/seed0/teachers-cps-t095/best.pt \
+        --data ../shared/data/camvid --fraction 1/32 --count 11 --seeds 0 1 2 --iters 1600 \
+        --out runs/label32 --results docs/labelling.md
+
+A rerun skips every pick and run already done (its done.json), so the table fills in over sessions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from camvid_table import REPO, machine, record_machine, sh, vals
+
+# row -> (suggest --method, diverse); random rows are drawn several times (--draws)
+PICKS = {"random": ("random", False), "disagreement": ("disagreement", False),
+         "disagreement + diversity": ("disagreement", True), "balanced + diversity": ("balanced", True),
+         "entropy": ("entropy", False)}
+DEFAULT_ROWS = ("random", "disagreement", "disagreement + diversity", "entropy")
+BEGIN, END = "<!-- table: scripts/labelling_table.py -->", "<!-- end of table -->"  # the text around them is kept
+
+
+def slug(row: str, draw: int | None = None) -> str:
+    name = row.replace(" + ", "-").replace(" ", "-")
+    return f"{name}{draw}" if draw is not None else name
+
+
+def pick_sets(rows, draws: int) -> list[tuple[str, str, int | None]]:
+    """(row, folder name, random draw or None) of every pick set."""
+    out = []
+    for row in rows:
+        for d in (range(draws) if PICKS[row][0] == "random" else [None]):
+            out.append((row, slug(row, d), d))
+    return out
+
+
+def suggest_cmd(args, name: str, row: str, draw: int | None, out: Path) -> list[str]:
+    method, diverse = PICKS[row]
+    return [sys.executable, "-m", "igldt.cli.main", "suggest", "--teachers", args.teachers, "--data", args.data,
+            "--dataset", args.dataset, "--preset", args.preset, "-o", f"data.fraction={args.fraction_value}",
+            "--count", str(args.count), "--method", method, "--diverse" if diverse else "--no-diverse",
+            "--seed", str(draw or 0), "--device", args.device, "--out", str(out / "picks" / name), "--exist-ok"]
+
+
+def train_cmd(args, picks: Path | None, seed: int, run: Path) -> list[str]:
+    lists = (["-o", f"data.labelled_list={picks / 'labeled.txt'}", "-o", f"data.unlabelled_list={picks / 'unlabeled.txt'}"]
+             if picks else ["-o", f"data.fraction={args.fraction_value}"])
+    return [sys.executable, "-m", "igldt.cli.main", "train", "--stage", "supervised", "--preset", args.preset,
+            "--device", args.device, "--seed", str(seed), "--iters", str(args.iters), "-o", f"data.root={args.data}",
+            "-o", f"data.dataset={args.dataset}",
+            "-o", "train.val_every=200", *lists, *[a for o in args.overrides for a in ("-o", o)],
+            "--out", str(run), "--exist-ok"]
+
+
+def best(run: Path) -> tuple[float, int] | None:
+    v = vals(REPO / run)
+    if not (REPO / run / "done.json").exists() or not v:
+        return None
+    top = max(v, key=lambda r: r["miou_student"])
+    return top["miou_student"], top["iteration"]
+
+
+def mean_sd(xs: list[float]) -> str:
+    if not xs:
+        return ""
+    return f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{100 * xs[0]:.2f}"
+
+
+def report(args, out: Path, sets) -> list[str]:
+    seeds = args.seeds
+    base = {s: best(out / f"seed{s}" / "start") for s in seeds}
+    per_row: dict[str, dict[int, float]] = {}
+    for row in dict.fromkeys(r for r, _, _ in sets):
+        for s in seeds:
+            got = [best(out / f"seed{s}" / name) for r, name, _ in sets if r == row]
+            if got and all(g is not None for g in got):
+                per_row.setdefault(row, {})[s] = statistics.mean(g[0] for g in got)
+    lines = [f"| picks ({args.count} images added to {args.fraction}) | "
+             + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd | minus random |",
+             "| --- | " + " | ".join("---" for _ in seeds) + " | --- | --- |"]
+    if all(base.values()):
+        lines.append("| none (the starting split) | " + " | ".join(f"{100 * base[s][0]:.2f}" for s in seeds)
+                     + f" | {mean_sd([base[s][0] for s in seeds])} | |")
+    rand = per_row.get("random", {})
+    for row, by_seed in per_row.items():
+        cells = [f"{100 * by_seed[s]:.2f}" if s in by_seed else "" for s in seeds]
+        paired = [by_seed[s] - rand[s] for s in seeds if s in by_seed and s in rand]
+        diff = "" if row == "random" or not paired else (
+            f"{100 * statistics.mean(paired):+.2f} ({', '.join(f'{100 * d:+.2f}' for d in paired)})")
+        lines.append(f"| {row}{f' (mean of {args.draws} draws)' if row == 'random' else ''} | " + " | ".join(cells)
+                     + f" | {mean_sd([by_seed[s] for s in seeds if s in by_seed])} | {diff} |")
+    walls = [json.loads((REPO / out / "picks" / name / "done.json").read_text())["wall"] for _, name, _ in sets
+             if (REPO / out / "picks" / name / "done.json").exists()]
+    lines += ["", f"{args.dataset} val mIoU %, best validation of each Sup-only run (`--iters {args.iters}`, validated every 200 "
+              f"iterations), on {machine(out)}. Picks by `igldt suggest` from `{args.teachers}`"
+              + (f" ({statistics.mean(walls):.0f} s per ranking of the pool)" if walls else "")
+              + f"; the lists and every run under `{out}`. Paired differences per training seed in brackets."]
+    return lines
+
+
+def write_between_markers(path: Path, table: str) -> None:
+    """Replace what lies between BEGIN and END in `path` (appended with the markers when absent), atomically."""
+    text = path.read_text() if path.exists() else ""
+    block = f"{BEGIN}\n{table}\n{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text + ("\n" if text else "") + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(text)
+    path.with_suffix(".tmp").replace(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teachers", required=True, help="teachers checkpoint trained on the starting split")
+    ap.add_argument("--data", required=True, help="CamVid root")
+    ap.add_argument("--dataset", default="camvid")
+    ap.add_argument("--fraction", default="1/32", help="the starting split (data.fraction, split seed 0)")
+    ap.add_argument("--count", type=int, default=11, help="images added by each method")
+    ap.add_argument("--rows", nargs="*", default=list(DEFAULT_ROWS), choices=list(PICKS))
+    ap.add_argument("--draws", type=int, default=3, help="random draws (the control's average)")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="training seeds")
+    ap.add_argument("--iters", type=int, default=1600)
+    ap.add_argument("--preset", default="camvid-cpu")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", default="runs/label32")
+    ap.add_argument("--results", default="docs/labelling.md")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    num, _, den = args.fraction.partition("/")
+    args.fraction_value = float(num) / float(den or 1)
+    out = Path(args.out)
+    sets = pick_sets(args.rows, args.draws)
+    if not args.report_only:
+        record_machine(out, args.device)
+        for row, name, draw in sets:
+            folder = REPO / out / "picks" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            sh(suggest_cmd(args, name, row, draw, out), folder.with_suffix(".log"), folder / "done.json")
+        for seed in args.seeds:
+            for name, picks in [("start", None)] + [(n, out / "picks" / n) for _, n, _ in sets]:
+                run = out / f"seed{seed}" / name
+                (REPO / run).mkdir(parents=True, exist_ok=True)
+                sh(train_cmd(args, picks, seed, run), (REPO / run).with_suffix(".log"), REPO / run / "done.json")
+    lines = report(args, out, sets)
+    write_between_markers(REPO / args.results, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
