@@ -20,6 +20,8 @@ over all seeds found, and the val curve of every row plotted beside it (`<result
         --stages supervised-long unimatch teachers-unimatch --iters supervised-long=1600 unimatch=1600
                                                               # the label-scarce table: 12 labels, explicit
                                                               # iteration counts per step
+    python scripts/camvid_table.py --fraction 1/32 --out runs/l32 --stages supervised-ohem teachers-cps-t095 \
+        --iters supervised-ohem=1600                          # variants: one setting changed (VARIANTS)
 
 Every stage runs as the `igldt` command a user would type (the commands go into the results), with
 the `camvid-cpu` preset; `-o key=value` overrides are passed to every stage. Runs land in
@@ -41,9 +43,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("supervised", "teachers", "student", "cps", "supervised-long", "unimatch", "teachers-unimatch")
-DEFAULT_STAGES = STAGES[:4]  # the others (Sup-only at the teachers' budget, UniMatch) when asked for
-STAGE_OF = {"cps": "teachers", "supervised-long": "supervised", "teachers-unimatch": "teachers"}  # the igldt stage
+STAGES = ("supervised", "teachers", "student", "cps", "supervised-long", "unimatch", "teachers-unimatch",
+          "supervised-ohem", "supervised-mf", "teachers-cps-t095", "teachers-cps-w05")
+DEFAULT_STAGES = STAGES[:4]  # the others (Sup-only at the teachers' budget, UniMatch, the variants) when asked for
+# Variants of a stage, one setting changed: the label-scarce issue's loss options and its diagnosis of CPS.
+VARIANTS = {"supervised-ohem": ["method.sup_loss=ohem"], "supervised-mf": ["method.sup_loss=median_freq"],
+            "teachers-cps-t095": ["method.cps_threshold=0.95"], "teachers-cps-w05": ["method.cps_weight=0.5"]}
+STAGE_OF = {"cps": "teachers", "supervised-long": "supervised", "teachers-unimatch": "teachers",  # the igldt stage
+            "supervised-ohem": "supervised", "supervised-mf": "supervised", "teachers-cps-t095": "teachers",
+            "teachers-cps-w05": "teachers"}
 # table row -> (step, validated model) of its figure
 ROWS = {"Sup-only": ("supervised", "student"), "Sup-only, longest budget": ("supervised-long", "student"),
         "CPS (network 1)": ("cps", "global"), "CPS (network 2)": ("cps", "local"),
@@ -52,6 +60,12 @@ ROWS = {"Sup-only": ("supervised", "student"), "Sup-only, longest budget": ("sup
         "teachers' ensemble": ("teachers", "ensemble"),
         "T_SU, UniMatch recipe": ("teachers-unimatch", "global"), "T_RU, UniMatch recipe": ("teachers-unimatch", "local"),
         "ensemble, UniMatch recipe": ("teachers-unimatch", "ensemble"),
+        "Sup-only, OHEM CE": ("supervised-ohem", "student"),
+        "Sup-only, median-frequency CE": ("supervised-mf", "student"),
+        "T_SU, CPS + confidence rule": ("teachers-cps-t095", "global"),
+        "T_RU, CPS + confidence rule": ("teachers-cps-t095", "local"),
+        "ensemble, CPS + confidence rule": ("teachers-cps-t095", "ensemble"),
+        "ensemble, CPS weight 0.5": ("teachers-cps-w05", "ensemble"),
         "IGL-DT student": ("student", "student")}
 DONE = "done.json"    # per finished step: {"wall": seconds, "command": ...}; a rerun skips the step
 KEEP_BELOW = "<!-- written above by scripts/camvid_table.py; kept below -->"
@@ -116,11 +130,11 @@ def budget_overrides(preset: str, overrides: list[str], budget: float, iters: di
     long = [f"train.iters={round(teach.train.iters * budget)}"]
     short = [f"train.iters={round(base.train.iters * budget)}"] if budget != 1 else []
     pair = [*long, f"method.cps_warmup={round(teach.method.cps_warmup * budget)}"] if budget != 1 else []
-    steps = {"supervised": short, "student": short, "teachers": pair, "cps": pair, "supervised-long": long,
-             "unimatch": long, "teachers-unimatch": pair}
+    steps = {"supervised": short, "student": short, "supervised-long": long, "unimatch": long}
+    steps.update({s: pair if STAGE_OF.get(s, s) == "teachers" else short for s in STAGES if s not in steps})
     for step, n in (iters or {}).items():
         steps[step] = [f"train.iters={n}"]
-        if step in ("teachers", "cps", "teachers-unimatch"):
+        if STAGE_OF.get(step, step) == "teachers":
             steps[step].append(f"method.cps_warmup={round(teach.method.cps_warmup * n / teach.train.iters)}")
     return steps
 
@@ -142,7 +156,8 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
     # the student learns from the seed's CPS teachers unless --teachers names a file or another step
     mentor = teachers if teachers and teachers.endswith(".pt") else str(out / f"seed{seed}" / (teachers or "teachers") / "best.pt")
     extra = {"supervised": [], "cps": cps, "teachers": [], "supervised-long": [], "unimatch": [],
-             "teachers-unimatch": ["-o", "method.teacher_recipe=unimatch"], "student": ["--teachers", mentor]}
+             "teachers-unimatch": ["-o", "method.teacher_recipe=unimatch"], "student": ["--teachers", mentor],
+             **{step: [a for o in settings for a in ("-o", o)] for step, settings in VARIANTS.items()}}
     scaled = budget_overrides(preset, overrides, budget, iters)
     for name in [s for s in STAGES if s in stages]:
         cmd = igldt + ["train", "--stage", STAGE_OF.get(name, name), *common, "--out", str(out / f"seed{seed}" / name),
@@ -226,7 +241,7 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path,
     seeds = sorted(found)
     rows = [r for r in ROWS if any(found[s]["val"][r] is not None for s in seeds)]
     roles = {"student": m.student, "global": m.global_teacher, "local": m.local_teacher, "ensemble": None}
-    backbone = {r: m.student if ROWS[r][0] in ("cps", "supervised", "supervised-long", "unimatch")
+    backbone = {r: m.student if ROWS[r][0] == "cps" or STAGE_OF.get(ROWS[r][0], ROWS[r][0]) in ("supervised", "unimatch")
                 else roles[ROWS[r][1]] for r in ROWS}
     labelled, unlabelled = train_datasets(cfg.data)
     n_l, n_u = len(labelled), len(unlabelled) if unlabelled is not None else 0
@@ -253,7 +268,7 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path,
     for r in rows:
         vs = [found[s]["val"][r] for s in seeds]
         table.append(f"| {r} | {describe(backbone[r])} | " + " | ".join(pct(v) for v in vs) + f" | {stats(vs)} |")
-    for base in ("Sup-only", "Sup-only, longest budget", "UniMatch"):  # paired differences, seed by seed
+    for base in ("Sup-only", "Sup-only, longest budget", "UniMatch", "CPS (network 1)"):  # paired, seed by seed
         pairs = [(found[s]["val"]["IGL-DT student"], found[s]["val"][base]) for s in seeds]
         if any(a is None or b is None for a, b in pairs):
             continue

@@ -31,6 +31,9 @@ def test_budget_scales_every_step_and_the_teachers_labels_only_phase():
     for step in ("teachers", "cps"):
         assert _iters(two[step], "teachers") == (2 * teachers, 2 * warmup)
     assert _iters(two["supervised-long"])[0] == 2 * teachers
+    # a variant scales as its stage does: a CPS variant's labels-only phase too
+    assert _iters(two["teachers-cps-t095"], "teachers") == (2 * teachers, 2 * warmup)
+    assert _iters(two["supervised-ohem"])[0] == 2 * student
 
 
 def test_iters_sets_a_step_outright_and_scales_its_labels_only_phase():
