@@ -21,6 +21,13 @@ from .common import hint
 @click.option("--int8-target", type=click.Choice(["ort", "tensorrt"]), default=None,
               help="Engine the INT8 graph is shaped for: ort (uint8 activations, every op quantised; default for "
                    "--format onnx) or tensorrt (symmetric int8; default for --format trt, or an ONNX for trtexec).")
+@click.option("--tolerance", type=float, default=None, metavar="POINTS",
+              help="INT8: score against fp32 on the checkpoint's validation images and leave the most sensitive "
+                   "layers in float, one at a time, until the mIoU drop is at most POINTS (e.g. 1.0).")
+@click.option("--max-float", type=float, default=0.25, show_default=True,
+              help="With --tolerance: the largest share of the quantisable layers left in float.")
+@click.option("--calib-val", type=click.Path(file_okay=False), default=None, metavar="ROOT",
+              help="With --tolerance: where the checkpoint's dataset (its validation split) lives, if not where it trained.")
 @click.option("--imgsz", nargs=2, type=int, default=None, metavar="H W",
               help="Export / optimisation size, multiples of 32 (default: the training crop).")
 @click.option("--dynamic/--static", default=True, show_default=True,
@@ -34,8 +41,8 @@ from .common import hint
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--check-images", "check_count", type=int, default=8, show_default=True,
               help="Real images for the ONNX Runtime vs PyTorch check (0 to skip).")
-def export(weights, fmt, precision, calib, calib_count, calib_method, int8_target, imgsz, dynamic, max_batch, output,
-           bake_preprocess, workspace, out, force, check_count):
+def export(weights, fmt, precision, calib, calib_count, calib_method, int8_target, tolerance, max_float, calib_val,
+           imgsz, dynamic, max_batch, output, bake_preprocess, workspace, out, force, check_count):
     """Export a trained student to ONNX or a TensorRT engine (plus a `<file>.json` metadata sidecar)."""
     from igldt.export.onnx import ExportError
     from igldt.export.pipeline import run_export
@@ -47,7 +54,8 @@ def export(weights, fmt, precision, calib, calib_count, calib_method, int8_targe
     try:
         r = run_export(weights, fmt, precision, calib=calib, imgsz=tuple(imgsz) if imgsz else None, dynamic=dynamic,
                        output=output, bake_preprocess=bake_preprocess, force=force, out=out, calib_count=calib_count,
-                       calib_method=calib_method, int8_target=int8_target, check_count=check_count, max_batch=max_batch,
+                       calib_method=calib_method, int8_target=int8_target, tolerance=tolerance, max_float=max_float,
+                       calib_val=calib_val, check_count=check_count, max_batch=max_batch,
                        workspace_gib=workspace, echo=click.echo)
     except (ExportError, DeployError) as e:
         raise click.ClickException(str(e)) from None

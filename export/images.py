@@ -100,3 +100,20 @@ def calibration_images(meta: dict, calib: str | Path | None, n: int):
     pool, what = (unlabelled, "unlabelled") if unlabelled is not None and len(unlabelled) else (labelled, "labelled")
     loaders, names = _from_dataset(pool, n)
     return loaders, names, f"{len(loaders)} {what} {d.train_split} images of {d.dataset} at {d.root}"
+
+
+def held_in_dataset(meta: dict, root: str | Path | None = None):
+    """(labelled dataset, description) that `--tolerance` scores INT8 against fp32 on: the validation
+    split recorded in the checkpoint, read at `root` (`--calib-val`) when given. Never a test split."""
+    d = _data_cfg(meta)
+    if d is None:
+        raise ExportError("--tolerance needs labelled held-in images: the checkpoint records no dataset")
+    where = str(Path(root).expanduser().resolve()) if root else d.root
+    try:
+        ds = build_dataset(d.dataset, where, d.val_split)
+    except Exception as e:
+        raise ExportError(f"--tolerance needs labelled held-in images: {d.dataset} {d.val_split} at {where} is not "
+                          f"reachable ({str(e).splitlines()[0][:160]}); pass --calib-val ROOT") from None
+    if not len(ds):
+        raise ExportError(f"--tolerance: {d.dataset} {d.val_split} at {where} holds no image; pass --calib-val ROOT")
+    return ds, f"{len(ds)} {d.val_split} images of {d.dataset} at {where}"

@@ -28,7 +28,9 @@ from . import metadata as md
 from .images import calibration_images, check_images
 from .onnx import (OPSET, ExportError, check_imgsz, compare_with_torch, export_onnx, opset_of, save_model,
                    to_fp16)
-from .quantize import quantize_int8
+from .accuracy import MAX_FLOAT, RANK_IMAGES, fit_tolerance, graph_scorer
+from .images import held_in_dataset
+from .quantize import Int8Quantizer
 from .tensorrt import build_engine, tensorrt_status
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -82,6 +84,9 @@ class ExportSpec:
     calib_count: int
     calib_method: str
     int8_target: str             # ort | tensorrt: the engine the INT8 graph is shaped for
+    tolerance: float | None      # INT8: allowed mIoU drop in points, layers left in float until it holds (None: off)
+    max_float: float             # INT8 with a tolerance: largest share of the quantisable layers left in float
+    calib_val: str | Path | None  # INT8 with a tolerance: root of held-in labelled data (default: the checkpoint's)
     check_count: int             # images for the check against PyTorch; 0 skips it
     max_batch: int               # TensorRT: largest batch of the profile
     workspace_gib: float         # TensorRT
@@ -98,7 +103,8 @@ class ExportSpec:
                   calib: str | Path | None = None, imgsz: tuple[int, int] | None = None, dynamic: bool = True,
                   output: str = "logits", bake_preprocess: bool = False, force: bool = False,
                   out: str | Path | None = None, calib_count: int = 64, calib_method: str = "minmax",
-                  int8_target: str | None = None, check_count: int = 8, max_batch: int = 8,
+                  int8_target: str | None = None, tolerance: float | None = None, max_float: float = MAX_FLOAT,
+                  calib_val: str | Path | None = None, check_count: int = 8, max_batch: int = 8,
                   workspace_gib: float = 4.0, timing_cache: str | Path | None = None, opset: int | None = None,
                   demo_root: str | Path | None = None) -> ExportSpec:
         """Validate the arguments (one-line `ExportError`s naming the argument) and resolve the defaults."""
@@ -121,11 +127,17 @@ class ExportSpec:
                    imgsz=tuple(imgsz) if imgsz else None, dynamic=dynamic, output=output,
                    bake_preprocess=bake_preprocess, force=force, calib=calib, calib_count=calib_count,
                    calib_method=calib_method, int8_target=int8_target or FORMATS[fmt].int8_target,
-                   check_count=check_count, max_batch=max_batch, workspace_gib=workspace_gib,
+                   tolerance=tolerance, max_float=max_float, calib_val=calib_val, check_count=check_count, max_batch=max_batch, workspace_gib=workspace_gib,
                    timing_cache=timing_cache, opset=opset or OPSET, demo_root=demo_root)
         for p in (spec.out, spec.sidecar):
             if p.exists() and not force:
                 raise ExportError(f"{p} exists; pass --force to overwrite it or --out another path")
+        if tolerance is not None and precision != "int8":
+            raise ExportError(f"--tolerance applies to --precision int8 (got {precision}): fp32 and fp16 keep every layer")
+        if tolerance is not None and tolerance < 0:
+            raise ExportError(f"--tolerance {tolerance}: an mIoU drop in points, 0 or more")
+        if not 0 <= max_float <= 1:
+            raise ExportError(f"--max-float {max_float}: a share of the layers, between 0 and 1")
         if spec.out.is_dir():
             raise ExportError(f"--out {spec.out} is a folder; give a file path such as {spec.out / 'student.onnx'}")
         return spec
@@ -155,6 +167,7 @@ class _Job:
     meta: dict                   # the deployment record, filled in as the steps go
     proto: Any                   # the fp32 ONNX graph
     calib_set: tuple | None      # (loaders, names, description) for INT8
+    held_in: Any = None          # INT8 with a tolerance: (labelled dataset, description)
     notes: list[str] = field(default_factory=list)
 
 
@@ -238,11 +251,14 @@ def _prepare(spec: ExportSpec, echo: Callable[[str], None]) -> _Job:
          f"{', baked preprocessing' if spec.bake_preprocess else ''}, "
          f"{'dynamic' if spec.dynamic else 'static'} {imgsz[0]}x{imgsz[1]}]")
     calib_set = None
-    if spec.precision == "int8":  # find calibration images before minutes of export work
+    held_in = None
+    if spec.precision == "int8":  # find calibration (and held-in) images before minutes of export work
         calib_set = calibration_images(ckpt, spec.calib, spec.calib_count)
+        if spec.tolerance is not None:
+            held_in = held_in_dataset(ckpt, spec.calib_val)
     proto = export_onnx(wrapper, imgsz=imgsz, stride=stride, dynamic=spec.dynamic,
                         bake_preprocess=spec.bake_preprocess, opset=spec.opset, batch=1)
-    return _Job(spec, model, ckpt, echo, imgsz, size_range, batch_range, meta, proto, calib_set)
+    return _Job(spec, model, ckpt, echo, imgsz, size_range, batch_range, meta, proto, calib_set, held_in)
 
 
 def _write_graph(job: _Job, dest: Path, work: Path) -> None:
@@ -256,11 +272,39 @@ def _write_graph(job: _Job, dest: Path, work: Path) -> None:
         fp32 = work / "fp32.onnx"
         save_model(proto, fp32)
         meta_q = dict(meta, input=dict(meta["input"]))
-        proto, report = quantize_int8(fp32, loaders, meta_q, spec.calib_method, spec.int8_target)
-        meta["calibration"] = {"source": desc, **report}
+        with Int8Quantizer(fp32, loaders, meta_q, spec.calib_method, spec.int8_target) as q:
+            if job.held_in is None:
+                proto, exclude, accuracy = q.quantize(), [], None
+            else:
+                proto, exclude, accuracy = _within_tolerance(job, q, proto, work)
+            meta["calibration"] = {"source": desc, **q.report(exclude)}
+        if accuracy is not None:
+            meta["calibration"]["accuracy"] = accuracy
     meta["opset"] = opset_of(proto)
     md.embed_in_onnx(proto, meta)
     save_model(proto, dest)
+
+
+def _within_tolerance(job: _Job, q: Int8Quantizer, fp32_proto, work: Path):
+    """(INT8 graph, layers left in float, the sidecar's record) with --tolerance: the accuracy-aware loop
+    of export/accuracy.py scored through the runtime on the held-in images, and the speed cost of the
+    float layers (latency of the final graph against the all-INT8 one)."""
+    from .accuracy import latency_ms
+
+    spec, (dataset, desc) = job.spec, job.held_in
+    score = graph_scorer(job.meta, dataset, None, work)
+    rank = graph_scorer(job.meta, dataset, RANK_IMAGES, work)
+    job.echo(f"Scoring INT8 against fp32 on {desc} (tolerance {spec.tolerance} mIoU points)")
+    candidates = q.candidates()
+    proto, fit = fit_tolerance(q.quantize, score, rank, candidates, score(fp32_proto), spec.tolerance,
+                               spec.max_float, echo=job.echo)
+    record = {"held_in": desc, "tolerance_points": spec.tolerance, "max_float": spec.max_float, **fit.summary()}
+    if fit.left_in_float:
+        full, final = latency_ms(q.quantize([]), job.imgsz), latency_ms(proto, job.imgsz)
+        record["latency_ms"] = {"all_int8": full, "with_float_layers": final, "imgsz": list(job.imgsz)}
+        job.echo(f"Left in float: {', '.join(fit.left_in_float)}; mIoU {fit.delta_points:+.2f} points; "
+                 f"latency {final:.1f} ms against {full:.1f} ms all-INT8 at {job.imgsz[0]}x{job.imgsz[1]}")
+    return proto, fit.left_in_float, record
 
 
 def _check(job: _Job, artefact_tmp: Path, side_tmp: Path) -> dict | None:
@@ -309,6 +353,7 @@ def run_export(weights: str | Path, fmt: str = "onnx", precision: str = "fp32", 
                echo: Callable[[str], None] = print, **options) -> ExportResult:
     """The entry of the CLI, the demo and the benchmarks: `ExportSpec.from_args(weights, fmt, precision,
     **options)` (its keywords: calib, imgsz, dynamic, output, bake_preprocess, force, out, calib_count,
-    calib_method, int8_target, check_count, max_batch, workspace_gib, timing_cache, opset, demo_root),
+    calib_method, int8_target, tolerance, max_float, calib_val, check_count, max_batch, workspace_gib,
+    timing_cache, opset, demo_root),
     then `export`."""
     return export(ExportSpec.from_args(weights, fmt, precision, **options), echo=echo)

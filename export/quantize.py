@@ -86,56 +86,101 @@ def _preprocessing_nodes(path: Path) -> list[str]:
     return found
 
 
-def quantize_int8(fp32_path: str | Path, images: Sequence[Callable[[], np.ndarray]], meta: dict,
-                  method: str = "minmax", target: str = "ort"):
-    """Quantise `fp32_path` (QDQ for `target`: ort | tensorrt), calibrated on `images` (callables returning
-    RGB uint8). Returns the quantised ModelProto (the caller embeds metadata and saves it once) and a small
-    report (calibration images, target, pre-processing)."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+# Operators the accuracy-aware loop may leave in float, one node at a time (the layers that compute;
+# reshapes and the like only carry their input's Q/DQ along).
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "Resize", "GlobalAveragePool",
+             "AveragePool", "MaxPool")
 
-    if not images:
-        raise ExportError("INT8 needs calibration images and none were found; pass --calib DIR with a few dozen "
-                          "real images from the deployment domain")
-    if method not in METHODS:
-        raise ExportError(f"--calib-method {method}: choose one of {', '.join(METHODS)}")
-    if target not in TARGETS:
-        raise ExportError(f"--int8-target {target}: choose one of {', '.join(TARGETS)}")
-    op_types, activation, symmetric, float_layers = TARGETS[target]
-    cal = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-           "entropy": CalibrationMethod.Entropy}[method]
-    baked = meta["input"]["layout"] == "NHWC"
-    fixed_hw = None if meta["input"].get("dynamic", True) else tuple(meta["input"]["imgsz"])
-    reader = _reader(images, meta["input"]["name"], meta["mean"], meta["std"], meta["stride"], baked, fixed_hw)
-    # Absolute before the chdir below: a relative path would then be read from the scratch folder.
-    src = Path(fp32_path).resolve()
-    with tempfile.TemporaryDirectory(prefix="igldt-int8-", dir=src.parent) as tmp:
-        tmp = str(Path(tmp).resolve())
-        pre, dst = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+
+class Int8Quantizer:
+    """An fp32 graph prepared once (ONNX shape inference + ORT optimisation) and calibrated once (ORT's
+    calibration cache), then quantised as often as asked, each time with other nodes left in float:
+    what the accuracy-aware loop (export/accuracy.py) needs. Use it as a context manager (its scratch
+    folder goes on exit); `quantize_int8` is the one-shot form."""
+
+    def __init__(self, fp32_path: str | Path, images: Sequence[Callable[[], np.ndarray]], meta: dict,
+                 method: str = "minmax", target: str = "ort"):
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        if not images:
+            raise ExportError("INT8 needs calibration images and none were found; pass --calib DIR with a few dozen "
+                              "real images from the deployment domain")
+        if method not in METHODS:
+            raise ExportError(f"--calib-method {method}: choose one of {', '.join(METHODS)}")
+        if target not in TARGETS:
+            raise ExportError(f"--int8-target {target}: choose one of {', '.join(TARGETS)}")
+        self.method, self.target, self.images = method, target, images
+        baked = meta["input"]["layout"] == "NHWC"
+        fixed_hw = None if meta["input"].get("dynamic", True) else tuple(meta["input"]["imgsz"])
+        self.reader = _reader(images, meta["input"]["name"], meta["mean"], meta["std"], meta["stride"], baked, fixed_hw)
+        # Absolute before the chdir below: a relative path would then be read from the scratch folder.
+        src = Path(fp32_path).resolve()
+        self._tmp = tempfile.TemporaryDirectory(prefix="igldt-int8-", dir=src.parent)
+        self.work = Path(self._tmp.name).resolve()
+        self.prepared, self.cache = self.work / "pre.onnx", self.work / "calibration.json"
         # ONNX shape inference + ORT graph optimisation (Conv+BN folding) so ranges are taken on the
         # graph that will run. Symbolic shape inference is skipped: it cannot follow the dynamo
         # graph's computed Resize sizes ("Incomplete symbolic shape inference"). chdir: both steps
         # drop scratch files into the working directory.
-        with contextlib.chdir(tmp):
+        with contextlib.chdir(self.work):
             try:
-                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-                prepared, note = pre, "quant_pre_process (ONNX shape inference + ORT optimisation)"
+                quant_pre_process(str(src), str(self.prepared), skip_symbolic_shape=True)
+                self.note = "quant_pre_process (ONNX shape inference + ORT optimisation)"
             except Exception as e:  # optional step: quantising the plain graph is still correct
-                prepared, note = src, f"quant_pre_process skipped ({e.__class__.__name__})"
+                self.prepared, self.note = src, f"quant_pre_process skipped ({e.__class__.__name__})"
+        self.preprocessing = _preprocessing_nodes(self.prepared) if baked else []
+
+    def __enter__(self) -> "Int8Quantizer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._tmp.cleanup()
+
+    def candidates(self) -> list[str]:
+        """The nodes this target quantises that compute (LAYER_OPS), in graph order: what may be left in float."""
+        import onnx
+
+        ops = TARGETS[self.target][0] or LAYER_OPS
+        graph = onnx.load(str(self.prepared), load_external_data=False).graph
+        return [n.name for n in graph.node if n.op_type in ops and n.op_type in LAYER_OPS
+                and n.name not in self.preprocessing]
+
+    def quantize(self, exclude: Sequence[str] = ()):
+        """The QDQ ModelProto with the nodes named in `exclude` left in float (fp32 for ORT, fp16 for
+        TensorRT). The first call calibrates; later ones reuse its ranges."""
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        op_types, activation, symmetric, float_layers = TARGETS[self.target]
+        cal = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}[self.method]
+        dst = self.work / "int8.onnx"
+        self.reader.rewind()
+        with contextlib.chdir(self.work):
             quantize_static(
-                str(prepared), str(dst), reader, nodes_to_exclude=_preprocessing_nodes(prepared) if baked else [],
+                str(self.prepared), str(dst), self.reader, nodes_to_exclude=[*self.preprocessing, *exclude],
                 quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                 activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8,
                 op_types_to_quantize=op_types, calibrate_method=cal,
-                calibration_providers=["CPUExecutionProvider"],
+                calibration_providers=["CPUExecutionProvider"], calibration_cache_path=str(self.cache),
                 extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
                                # one Q/DQ pair per tensor shared by its consumers: what both engines fuse
                                "DedicatedQDQPair": False, "CalibTensorRangeSymmetric": symmetric},
             )
         proto = onnx.load(str(dst))
-    if float_layers == "fp16":
-        proto = to_fp16(proto)
-    return proto, {"calibration_images": len(images), "method": method, "target": target,
-                   "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
-                   "float_layers": float_layers, "prepare": note}
+        return to_fp16(proto) if float_layers == "fp16" else proto
+
+    def report(self, exclude: Sequence[str] = ()) -> dict:
+        _, _, symmetric, float_layers = TARGETS[self.target]
+        return {"calibration_images": len(self.images), "method": self.method, "target": self.target,
+                "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
+                "float_layers": float_layers, "prepare": self.note, "left_in_float": list(exclude)}
+
+
+def quantize_int8(fp32_path: str | Path, images: Sequence[Callable[[], np.ndarray]], meta: dict,
+                  method: str = "minmax", target: str = "ort"):
+    """Quantise `fp32_path` (QDQ for `target`: ort | tensorrt), calibrated on `images` (callables returning
+    RGB uint8). Returns the quantised ModelProto (the caller embeds metadata and saves it once) and a small
+    report (calibration images, target, pre-processing)."""
+    with Int8Quantizer(fp32_path, images, meta, method, target) as q:
+        return q.quantize(), q.report()
