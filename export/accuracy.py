@@ -62,11 +62,12 @@ def rank_layers(quantize: Callable[[Sequence[str]], object], score: Callable[[ob
 def fit_tolerance(quantize: Callable[[Sequence[str]], object], score: Callable[[object], float],
                   rank_score: Callable[[object], float], candidates: Sequence[str], fp32_miou: float,
                   tolerance: float, max_float: float = MAX_FLOAT,
-                  echo: Callable[[str], None] = print):
+                  echo: Callable[[str], None] = print, names: dict[str, str] | None = None):
     """(the INT8 graph within `tolerance` mIoU points of fp32, Fit). `quantize(exclude)` builds a graph
     with the named layers in float, `score` / `rank_score` give its mIoU on the held-in / ranking images.
     Only a drop counts: an INT8 graph scoring higher than fp32 passes. Raises ExportError, naming the
-    best drop reached, when `max_float` of the candidates in float is not enough."""
+    best drop reached, when `max_float` of the candidates in float is not enough. `names` (node -> layer)
+    is what the progress lines call the layers."""
     proto = quantize([])
     fit = Fit(fp32_miou, score(proto), len(candidates))
     fit.steps.append((0, fit.int8_miou))
@@ -84,7 +85,7 @@ def fit_tolerance(quantize: Callable[[Sequence[str]], object], score: Callable[[
         proto = quantize(fit.left_in_float)
         miou = score(proto)
         fit.steps.append((len(fit.left_in_float), miou))
-        echo(f"  {len(fit.left_in_float)} in float (+ {name}): mIoU {100 * miou:.2f} ({100 * (miou - fp32_miou):+.2f})")
+        echo(f"  {len(fit.left_in_float)} in float (+ {(names or {}).get(name, name)}): mIoU {100 * miou:.2f} ({100 * (miou - fp32_miou):+.2f})")
         if miou > best[0]:
             best = (miou, proto, list(fit.left_in_float))
         if 100 * (miou - fp32_miou) >= -tolerance:

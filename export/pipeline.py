@@ -295,14 +295,16 @@ def _within_tolerance(job: _Job, q: Int8Quantizer, fp32_proto, work: Path):
     score = graph_scorer(job.meta, dataset, None, work)
     rank = graph_scorer(job.meta, dataset, RANK_IMAGES, work)
     job.echo(f"Scoring INT8 against fp32 on {desc} (tolerance {spec.tolerance} mIoU points)")
-    candidates = q.candidates()
+    candidates, names = q.candidates(), q.describe()
     proto, fit = fit_tolerance(q.quantize, score, rank, candidates, score(fp32_proto), spec.tolerance,
-                               spec.max_float, echo=job.echo)
+                               spec.max_float, echo=job.echo, names=names)
     record = {"held_in": desc, "tolerance_points": spec.tolerance, "max_float": spec.max_float, **fit.summary()}
+    for r in record["ranking"]:
+        r["layer"] = names.get(r["node"], r["node"])
     if fit.left_in_float:
         full, final = latency_ms(q.quantize([]), job.imgsz), latency_ms(proto, job.imgsz)
         record["latency_ms"] = {"all_int8": full, "with_float_layers": final, "imgsz": list(job.imgsz)}
-        job.echo(f"Left in float: {', '.join(fit.left_in_float)}; mIoU {fit.delta_points:+.2f} points; "
+        job.echo(f"Left in float: {', '.join(names.get(n, n) for n in fit.left_in_float)}; mIoU {fit.delta_points:+.2f} points; "
                  f"latency {final:.1f} ms against {full:.1f} ms all-INT8 at {job.imgsz[0]}x{job.imgsz[1]}")
     return proto, fit.left_in_float, record
 

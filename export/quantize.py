@@ -145,6 +145,19 @@ class Int8Quantizer:
         return [n.name for n in graph.node if n.op_type in ops and n.op_type in LAYER_OPS
                 and n.name not in self.preprocessing]
 
+    def describe(self) -> dict[str, str]:
+        """node name -> what a person recognises: the module of its weight (`backbone.blocks.0.0.conv_dw`,
+        from the exporter's initializer name), else `<op> <node name>`."""
+        import onnx
+
+        graph = onnx.load(str(self.prepared), load_external_data=False).graph
+        weights = {i.name for i in graph.initializer}
+        names = {}
+        for n in graph.node:
+            w = n.input[1] if len(n.input) > 1 and n.input[1] in weights and n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") else None
+            names[n.name] = w.removeprefix("model.").removesuffix(".weight") if w else f"{n.op_type} {n.name}"
+        return names
+
     def quantize(self, exclude: Sequence[str] = ()):
         """The QDQ ModelProto with the nodes named in `exclude` left in float (fp32 for ORT, fp16 for
         TensorRT). The first call calibrates; later ones reuse its ranges."""
@@ -174,7 +187,8 @@ class Int8Quantizer:
         _, _, symmetric, float_layers = TARGETS[self.target]
         return {"calibration_images": len(self.images), "method": self.method, "target": self.target,
                 "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
-                "float_layers": float_layers, "prepare": self.note, "left_in_float": list(exclude)}
+                "float_layers": float_layers, "prepare": self.note, "left_in_float": list(exclude),
+                "left_in_float_layers": [self.describe().get(n, n) for n in exclude]}
 
 
 def quantize_int8(fp32_path: str | Path, images: Sequence[Callable[[], np.ndarray]], meta: dict,

@@ -78,6 +78,7 @@ def test_the_sensitive_layer_is_left_in_float_and_recorded(sensitive, tmp_path):
     assert acc["int8_miou_all_layers"] < acc["fp32_miou"] - 0.01, "the fragile classifier did not hurt INT8"
     assert len(acc["left_in_float"]) == 1 and abs(acc["delta_miou_points"]) <= 1.0
     assert side["left_in_float"] == acc["left_in_float"] and acc["latency_ms"]["all_int8"] > 0
+    assert side["left_in_float_layers"] == ["classifier"] and acc["ranking"][0]["layer"] == "classifier"
     # the node left in float is the classifier: the only Conv with one output channel per class, its
     # weight a float initializer in the saved graph (no DequantizeLinear in front of it)
     graph = onnx.load(str(fitted.path)).graph
