@@ -122,7 +122,8 @@ def supervised_loss(logits: torch.Tensor, target: torch.Tensor, opts: "LossConfi
 
 def pseudo_label_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, threshold: float | None = None,
                     target: torch.Tensor | None = None, valid: torch.Tensor | None = None,
-                    class_weight: torch.Tensor | None = None, soft: bool = False) -> torch.Tensor:
+                    class_weight: torch.Tensor | None = None, soft: bool = False,
+                    per_valid: bool = False) -> torch.Tensor:
     """(7) / (12) CE(S, Y_T) against the teacher's hard prediction Y_T = argmax(teacher logits).
 
     `threshold`: pixels where the teacher's max softmax is below it are ignored (off when None).
@@ -131,10 +132,20 @@ def pseudo_label_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     `soft` (`method.pseudo_targets: soft`, a deviation): CE against the teacher's softmax instead of
     its argmax, so the student also learns the probability the teacher gives the classes it does not
     rank first (Hinton et al.'s distillation at temperature 1; docs/method.md).
+    `per_valid` (`method.threshold_rule: valid`, a deviation): with a threshold, the CE of the pixels it
+    keeps is summed and divided by all pixels it could have kept (not ignored, not padding), UniMatch's
+    rule (U1): the teachers' weight grows with their confidence instead of a few sure pixels carrying
+    the whole term.
     """
     ignore = None if target is None else target == IGNORE_INDEX
     if valid is not None:
         ignore = ~valid if ignore is None else ignore | ~valid
+    if per_valid and threshold is not None and not soft:
+        if class_weight is not None:
+            raise ValueError("method.threshold_rule=valid takes unweighted CE")
+        conf, hard = teacher_logits.detach().float().softmax(1).max(1)
+        possible = torch.ones_like(hard, dtype=torch.bool) if ignore is None else ~ignore
+        return confident_ce(student_logits, hard, conf, possible, threshold)
     labels = pseudo_labels(teacher_logits, threshold, ignore)
     if not soft:
         return _ce(student_logits, labels, class_weight)
@@ -249,6 +260,7 @@ class LossConfig:
     grid: int = 16
     losses: frozenset = field(default_factory=lambda: frozenset(LOSS_TERMS))
     threshold: float | None = None
+    threshold_rule: str = "kept"
     cps_weight: float = 1.5
     cps_rampup: int = 0
     cps_warmup: int = 0
@@ -283,6 +295,7 @@ class LossConfig:
             raise ValueError("method.cps_class_ratio=true weighs by (labelled / pseudo-label frequency)^p: "
                              "set method.cps_class_power too (e.g. 0.5)")
         return cls(alpha=method.alpha, grid=method.grid, losses=frozenset(method.losses), threshold=method.threshold,
+                   threshold_rule=method.threshold_rule,
                    cps_weight=method.cps_weight, cps_rampup=method.cps_rampup, cps_warmup=method.cps_warmup,
                    pseudo_labelled=method.pseudo_labelled, align=method.align, cps_labelled=method.cps_labelled,
                    single_state=method.single_state, cps_class_power=method.cps_class_power,
@@ -290,6 +303,11 @@ class LossConfig:
                    pseudo_targets=method.pseudo_targets,
                    sup_loss=method.sup_loss, ohem_threshold=method.ohem_threshold, ohem_min_kept=method.ohem_min_kept,
                    unimatch_threshold=method.unimatch_threshold, unimatch_fp_dropout=method.unimatch_fp_dropout)
+
+    @property
+    def per_valid(self) -> bool:
+        """(7) and (12) under a threshold divide by all valid pixels (UniMatch's rule), not by the kept ones."""
+        return self.threshold_rule == "valid"
 
     @property
     def soft(self) -> bool:
@@ -360,8 +378,10 @@ def labelled_loss(s: dict, t_su: dict, t_ru: dict, target: torch.Tensor,
     sup = sup(s["logits"], target)
     if not opts.pseudo_labelled:
         return sup, {"sup": sup.detach()}
-    pl = (pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_su), opts.threshold, target, soft=opts.soft)
-          + pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_ru), opts.threshold, target, soft=opts.soft))
+    pl = (pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_su), opts.threshold, target, soft=opts.soft,
+                          per_valid=opts.per_valid)
+          + pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_ru), opts.threshold, target, soft=opts.soft,
+                            per_valid=opts.per_valid))
     return sup + pl, {"sup": sup.detach(), "pl_l": pl.detach()}
 
 
@@ -373,8 +393,10 @@ def unlabelled_loss(iteration: int, s: dict, t_su: dict, t_ru: dict, opts: LossC
     excluded like ignore pixels (from the CE terms, the GAP of L_Glo and the average of L_Dis)."""
     loss, terms = unlabelled_feature_loss(iteration, s, t_su, t_ru, opts, valid)
     if "pseudo" in opts.losses:
-        pl = (pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_su), opts.threshold, valid=valid, soft=opts.soft)
-              + pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_ru), opts.threshold, valid=valid, soft=opts.soft))
+        pl = (pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_su), opts.threshold, valid=valid, soft=opts.soft,
+                              per_valid=opts.per_valid)
+              + pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_ru), opts.threshold, valid=valid, soft=opts.soft,
+                                per_valid=opts.per_valid))
         loss, terms["pl_u"] = loss + pl, pl.detach()
     return loss, terms
 

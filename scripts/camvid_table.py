@@ -44,14 +44,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("supervised", "teachers", "student", "cps", "supervised-long", "unimatch", "teachers-unimatch",
-          "supervised-ohem", "supervised-mf", "teachers-cps-t095", "teachers-cps-w05")
+          "supervised-ohem", "supervised-mf", "teachers-cps-t095", "teachers-cps-w05", "student-valid095")
 DEFAULT_STAGES = STAGES[:4]  # the others (Sup-only at the teachers' budget, UniMatch, the variants) when asked for
 # Variants of a stage, one setting changed: the label-scarce issue's loss options and its diagnosis of CPS.
 VARIANTS = {"supervised-ohem": ["method.sup_loss=ohem"], "supervised-mf": ["method.sup_loss=median_freq"],
-            "teachers-cps-t095": ["method.cps_threshold=0.95"], "teachers-cps-w05": ["method.cps_weight=0.5"]}
+            "teachers-cps-t095": ["method.cps_threshold=0.95"], "teachers-cps-w05": ["method.cps_weight=0.5"],
+            "student-valid095": ["method.threshold=0.95", "method.threshold_rule=valid"]}
 STAGE_OF = {"cps": "teachers", "supervised-long": "supervised", "teachers-unimatch": "teachers",  # the igldt stage
             "supervised-ohem": "supervised", "supervised-mf": "supervised", "teachers-cps-t095": "teachers",
-            "teachers-cps-w05": "teachers"}
+            "teachers-cps-w05": "teachers", "student-valid095": "student"}
 # table row -> (step, validated model) of its figure
 ROWS = {"Sup-only": ("supervised", "student"), "Sup-only, longest budget": ("supervised-long", "student"),
         "CPS (network 1)": ("cps", "global"), "CPS (network 2)": ("cps", "local"),
@@ -66,7 +67,8 @@ ROWS = {"Sup-only": ("supervised", "student"), "Sup-only, longest budget": ("sup
         "T_RU, CPS + confidence rule": ("teachers-cps-t095", "local"),
         "ensemble, CPS + confidence rule": ("teachers-cps-t095", "ensemble"),
         "ensemble, CPS weight 0.5": ("teachers-cps-w05", "ensemble"),
-        "IGL-DT student": ("student", "student")}
+        "IGL-DT student": ("student", "student"),
+        "IGL-DT student, confidence rule (0.95)": ("student-valid095", "student")}
 DONE = "done.json"    # per finished step: {"wall": seconds, "command": ...}; a rerun skips the step
 KEEP_BELOW = "<!-- written above by scripts/camvid_table.py; kept below -->"
 VAL_EVERY = 200       # every stage validates every 200 iterations; best.pt is the best of these
@@ -157,7 +159,8 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
     mentor = teachers if teachers and teachers.endswith(".pt") else str(out / f"seed{seed}" / (teachers or "teachers") / "best.pt")
     extra = {"supervised": [], "cps": cps, "teachers": [], "supervised-long": [], "unimatch": [],
              "teachers-unimatch": ["-o", "method.teacher_recipe=unimatch"], "student": ["--teachers", mentor],
-             **{step: [a for o in settings for a in ("-o", o)] for step, settings in VARIANTS.items()}}
+             **{step: [*(["--teachers", mentor] if STAGE_OF[step] == "student" else []),
+                       *[a for o in settings for a in ("-o", o)]] for step, settings in VARIANTS.items()}}
     scaled = budget_overrides(preset, overrides, budget, iters)
     for name in [s for s in STAGES if s in stages]:
         cmd = igldt + ["train", "--stage", STAGE_OF.get(name, name), *common, "--out", str(out / f"seed{seed}" / name),

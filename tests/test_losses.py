@@ -441,3 +441,18 @@ def test_class_weighted_cross_ce_is_the_weighted_mean_over_pseudo_labels():
     assert terms["sup_g"].item() == pytest.approx(t0["sup_g"].item())
     with pytest.raises(ValueError, match="cps_class_power"):
         L.LossConfig.from_cfg(load_config(overrides=["method.cps_class_power=-1"]).method)
+
+
+def test_pseudo_label_ce_under_the_valid_rule_divides_by_every_valid_pixel():
+    """`method.threshold_rule: valid`: the CE of the pixels the threshold keeps, summed over them and
+    divided by every pixel not ignored (UniMatch's rule), by hand on 4 pixels."""
+    # teacher: class 0 at 0.99 and 0.97 confidence, class 1 at 0.6 and 0.9 (p = softmax of the logits)
+    p_teacher = torch.tensor([[0.99, 0.4, 0.97, 0.1], [0.01, 0.6, 0.03, 0.9]]).view(1, 2, 2, 2)
+    student = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 2.0]]).view(1, 2, 2, 2)
+    target = torch.tensor([[0, 1], [255, 1]])  # the third pixel is ground-truth void
+    ce0 = -math.log(1 / (1 + math.e ** 0))  # pixel 0: student logits (0, 0), teacher class 0
+    kept_sum = ce0  # pixel 2 (0.97) is void, pixels 1 and 3 are below 0.95
+    got = L.pseudo_label_ce(student, p_teacher.log(), threshold=0.95, target=target, per_valid=True)
+    assert abs(float(got) - kept_sum / 3) < 1e-6  # divided by the 3 non-void pixels, not by the 1 kept
+    mean_kept = L.pseudo_label_ce(student, p_teacher.log(), threshold=0.95, target=target)
+    assert abs(float(mean_kept) - kept_sum / 1) < 1e-6  # the default rule: the mean over the kept pixel

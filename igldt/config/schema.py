@@ -23,6 +23,7 @@ EvalMode = Literal["whole", "center", "slide"]
 LossTerm = Literal["pseudo", "glo", "loc", "dis"]
 SingleState = Literal["half", "every"]
 PseudoTargets = Literal["hard", "soft"]
+ThresholdRule = Literal["kept", "valid"]
 UnlabelledPool = Literal["rest", "labelled"]
 SupLoss = Literal["ce", "ohem", "median_freq"]
 TeacherRecipe = Literal["cps", "unimatch"]
@@ -119,6 +120,7 @@ class MethodConfig:
     pseudo_labelled: bool
     align: bool
     threshold: float | None
+    threshold_rule: ThresholdRule
     pseudo_targets: PseudoTargets
     sup_loss: SupLoss
     ohem_threshold: float
