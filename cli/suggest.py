@@ -64,14 +64,15 @@ def refuse_overwrite(out: Path, exist_ok: bool) -> None:
               "teachers); balanced: the same, class-balanced; kl: symmetric KL of their softmaxes; entropy: of "
               "the ensemble (default with --weights); random: the control.")
 @click.option("--diverse/--no-diverse", default=True, show_default=True,
-              help="Skip an image closer than --min-distance to a pick (near-duplicate video frames).")
-@click.option("--min-distance", type=click.FloatRange(min=0), default=None,
-              help="Cosine distance of pooled decoder features. Default: the pool's median nearest-neighbour distance.")
+              help="Pick from the --shortlist x count best-ranked images those far apart (pooled decoder "
+                   "features): near-duplicate video frames give one pick, not several.")
+@click.option("--shortlist", type=click.IntRange(min=1), default=3, show_default=True,
+              help="With --diverse: how many times --count best-ranked images the picks come from.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --method random.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/suggest"), show_default=True)
 @click.option("--exist-ok", is_flag=True, help="Replace the outputs of an earlier suggest in --out.")
-def suggest(teachers, weights, data, dataset, preset, overrides, count, method, diverse, min_distance, seed, device,
+def suggest(teachers, weights, data, dataset, preset, overrides, count, method, diverse, shortlist, seed, device,
             out, exist_ok) -> None:
     """Rank the unlabelled pool and write the images to label next.
 
@@ -117,10 +118,11 @@ def suggest(teachers, weights, data, dataset, preset, overrides, count, method, 
     torch.set_grad_enabled(False)
     with tqdm(total=len(pool), desc="suggest", unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         result = S.score_pool(networks, pool, mean, std, dev, progress=lambda i: bar.update(1))
-    picks, order, dist, filled = S.suggest(result, count, method, diverse, min_distance, seed)
+    picks, order = S.suggest(result, count, method, diverse, shortlist, seed)
+    diverse = diverse and method != "random"
 
     out.mkdir(parents=True, exist_ok=True)
-    header = (f"# igldt suggest: {count} images by {method}{', diverse' if dist is not None else ''} from "
+    header = (f"# igldt suggest: {count} images by {method}{', diverse' if diverse else ''} from "
               f"{teachers or weights}; append to your labelled list and train again\n")
     write_text_atomic(out / "suggested.txt", header + "".join(f"{result.ids[i]}\n" for i in picks))
     write_text_atomic(out / "labeled.txt", "".join(f"{i}\n" for i in [*labelled.ids, *(result.ids[i] for i in picks)]))
@@ -136,8 +138,10 @@ def suggest(teachers, weights, data, dataset, preset, overrides, count, method, 
     write_png(out / "suggested.png", S.draw_sheet(rows, len(networks) == 2, classes, palette, 320))
 
     click.secho(f"{len(picks)} of {len(pool)} unlabelled images by {method}"
-                + (f", at least {dist:.3f} apart (cosine distance)" + (f"; {filled} filled from the skipped" if filled else "")
-                   if dist is not None else ""), bold=True)
+                + (f", diverse (from the {shortlist * count} best)" if diverse else "")
+                + f"; closest two picks {S.closest_pair(result.features[picks]):.3f} apart (cosine distance of "
+                  f"pooled features; the pool's median nearest neighbour {S.median_nearest(result.features):.3f})",
+                bold=True)
     for rank, i in enumerate(picks[:5], 1):
         s = result.scores
         click.echo(f"  #{rank} {result.ids[i]}  disagreement {s['disagreement'][i]:.3f}  entropy {s['entropy'][i]:.3f}"

@@ -21,6 +21,7 @@ METHODS = ("disagreement", "balanced", "kl", "entropy", "random")
 SCORES = ("disagreement", "balanced", "kl", "entropy")  # the columns every scored image gets
 TEACHERLESS = ("entropy", "random")                     # the methods one network can serve
 FEATURE_GRID = 2   # decoder features pooled to 2x2 per network: the scene's layout, ~2 KB an image
+SHORTLIST = 3      # diverse picks come from the 3 x count best-ranked images
 EPS = 1e-8
 
 
@@ -123,39 +124,42 @@ def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 1.0 - a @ b.T
 
 
-def nearest_neighbour_distances(features: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """Each row's cosine distance to its nearest other row, computed in chunks of rows (memory
-    chunk x N, not N x N)."""
+def diverse_picks(order: Sequence[int], scores: np.ndarray, features: np.ndarray, count: int,
+                  shortlist: int = SHORTLIST) -> list[int]:
+    """Greedy over the `shortlist * count` best-ranked images: the best first, then each time the image
+    with the largest score x cosine distance to its nearest pick (a score-weighted k-center), so a run
+    of near-identical video frames at the top of the ranking gives one pick, not several. An exact
+    duplicate of a pick (distance 0) is taken only when nothing else is left."""
+    cand = [int(i) for i in order[:max(count, shortlist * count)]]
+    picks = [cand.pop(0)]
+    nearest = cosine_distances(features[cand], features[picks]).min(1) if cand else np.zeros(0)
+    while len(picks) < count and cand:
+        gain = np.clip(scores[cand], EPS, None) * np.clip(nearest, 0, None)
+        j = int(np.argmax(gain))  # all zero (only duplicates left): the best-ranked of them
+        picks.append(cand.pop(j))
+        nearest = np.minimum(np.delete(nearest, j), cosine_distances(features[cand], features[[picks[-1]]])[:, 0])
+    return picks
+
+
+def median_nearest(features: np.ndarray, chunk: int = 1024) -> float:
+    """The median over the rows of the cosine distance to the nearest other row (in chunks of rows:
+    memory chunk x N): how far apart neighbouring frames of the pool are."""
+    if len(features) < 2:
+        return math.nan
     out = np.empty(len(features))
     for i in range(0, len(features), chunk):
         d = cosine_distances(features[i:i + chunk], features)
         d[np.arange(len(d)), np.arange(i, i + len(d))] = np.inf
         out[i:i + chunk] = d.min(1)
-    return out
+    return float(np.median(out))
 
 
-def default_min_distance(features: np.ndarray) -> float:
-    """The pool's median nearest-neighbour distance: two picks closer than a typical pair of
-    neighbouring frames (in a video, consecutive ones) are near-duplicates."""
-    return float(np.median(nearest_neighbour_distances(features))) if len(features) > 1 else 0.0
-
-
-def diverse_picks(order: Sequence[int], features: np.ndarray, count: int, min_distance: float
-                  ) -> tuple[list[int], int]:
-    """Walk the ranking and keep an image only when its cosine distance to every image kept so far is
-    at least `min_distance` (an exact duplicate, distance 0, is never kept twice); if the walk runs out
-    before `count`, the best skipped images fill the rest. Returns (picks, how many were filled)."""
-    picks: list[int] = []
-    skipped: list[int] = []
-    for i in order:
-        if len(picks) == count:
-            break
-        if picks and cosine_distances(features[[i]], features[picks]).min() < max(min_distance, EPS):
-            skipped.append(int(i))
-        else:
-            picks.append(int(i))
-    filled = skipped[:count - len(picks)]
-    return picks + filled, len(filled)
+def closest_pair(features: np.ndarray) -> float:
+    """The smallest cosine distance between two of the rows: how near-duplicate the closest picks are."""
+    if len(features) < 2:
+        return math.nan
+    d = cosine_distances(features, features)
+    return float(d[np.triu_indices(len(d), 1)].min())
 
 
 # -- the pool pass ---------------------------------------------------------------------------------
@@ -213,17 +217,15 @@ def score_pool(networks: Sequence[torch.nn.Module], pool, mean, std, device="cpu
     return result
 
 
-def suggest(result: PoolResult, count: int, method: str, diverse: bool, min_distance: float | None = None,
-            seed: int = 0) -> tuple[list[int], np.ndarray, float | None, int]:
-    """(picked pool indices in order, the full ranking, the min distance used or None, filled count)."""
+def suggest(result: PoolResult, count: int, method: str, diverse: bool, shortlist: int = SHORTLIST,
+            seed: int = 0) -> tuple[list[int], np.ndarray]:
+    """(picked pool indices in order, the full ranking)."""
     if not 0 < count <= len(result.ids):
         raise ValueError(f"--count {count}: the pool holds {len(result.ids)} images; ask for 1 to {len(result.ids)}")
     order = ranking(result.scores, method, seed)
     if not diverse or method == "random":
-        return [int(i) for i in order[:count]], order, None, 0
-    dist = default_min_distance(result.features) if min_distance is None else float(min_distance)
-    picks, filled = diverse_picks(order, result.features, count, dist)
-    return picks, order, dist, filled
+        return [int(i) for i in order[:count]], order
+    return diverse_picks(order, result.scores[method], result.features, count, shortlist), order
 
 
 def top_pair_text(stats: ImageStats, classes: Sequence[str]) -> str:

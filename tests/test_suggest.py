@@ -59,14 +59,18 @@ def test_ranking_random_is_seeded_and_one_network_refuses_disagreement():
         S.ranking(scores, "disagreement")
 
 
-def test_diversity_drops_an_exact_duplicate_and_fills_when_it_must():
-    f = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])  # 1 duplicates 0
-    picks, filled = S.diverse_picks([0, 1, 2, 3], f, 3, min_distance=0.0)
-    assert picks == [0, 2, 3] and filled == 0
-    picks, filled = S.diverse_picks([0, 1, 2, 3], f, 4, min_distance=0.5)  # 3 is within 0.5 of 0 and 2
-    assert picks == [0, 2, 1, 3] and filled == 2
-    np.testing.assert_allclose(S.nearest_neighbour_distances(f, chunk=3), [0, 0, 1 - math.sqrt(0.5), 1 - math.sqrt(0.5)],
-                               atol=1e-9)
+def test_diversity_drops_an_exact_duplicate_and_spreads_the_picks():
+    # 1 duplicates 0; 3 lies between 0 and 2; scores rank them 0, 1, 3, 2, 4
+    f = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [0.9, 0.1]])
+    scores = np.array([0.9, 0.9, 0.5, 0.6, 0.1])
+    order = S.ranking({"disagreement": scores}, "disagreement")
+    assert order.tolist() == [0, 1, 3, 2, 4]
+    # after 0: 1 gains 0.9 x 0 (a duplicate), 3 gains 0.6 x 0.29, 2 gains 0.5 x 1: 2 comes next, then 3
+    assert S.diverse_picks(order, scores, f, 3) == [0, 2, 3]
+    assert S.diverse_picks(order, scores, f, 3, shortlist=1) == [0, 3, 1]  # only the best 3: the duplicate last
+    assert S.diverse_picks(order, scores, f, 5) == [0, 2, 3, 4, 1]  # the duplicate only when nothing else is left
+    assert S.closest_pair(f[[0, 2]]) == pytest.approx(1.0) and S.closest_pair(f[[0, 1]]) == pytest.approx(0.0)
+    assert S.median_nearest(f, chunk=2) == pytest.approx(1 - 0.9 / math.hypot(0.9, 0.1), abs=1e-9)
 
 
 @pytest.fixture(scope="module")
