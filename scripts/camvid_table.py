@@ -186,8 +186,18 @@ def collect(out: Path) -> dict[int, dict]:
         found[int(folder.name[4:])] = {
             "val": {r: get(*k) for r, k in ROWS.items()}, "iou": {r: iou(*k) for r, k in ROWS.items()},
             "curves": {r: curve(*k) for r, k in ROWS.items()},
-            "times": {k: v["wall"] for k, v in done.items()}, "commands": [v["command"] for v in done.values()]}
+            "times": {k: v["wall"] for k, v in done.items()}, "commands": [v["command"] for v in done.values()],
+            "mentors": {k: taught_by(v["command"]) for k, v in done.items() if STAGE_OF.get(k, k) == "student"}}
     return found
+
+
+def taught_by(command: str) -> str | None:
+    """The run folder of the teachers a student step learnt from (its command's --teachers), e.g.
+    `teachers-cps-t095`."""
+    args = shlex.split(command)
+    if "--teachers" not in args:
+        return None
+    return Path(args[args.index("--teachers") + 1]).parent.name
 
 
 def plot_curves(found: dict[int, dict], path: Path, title: str) -> Path:
@@ -270,7 +280,9 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path,
              "| --- | --- | " + " | ".join("---" for _ in seeds) + " | --- |"]
     for r in rows:
         vs = [found[s]["val"][r] for s in seeds]
-        table.append(f"| {r} | {describe(backbone[r])} | " + " | ".join(pct(v) for v in vs) + f" | {stats(vs)} |")
+        mentors = {found[s]["mentors"].get(ROWS[r][0]) for s in seeds} - {None}
+        taught = f", taught by `{'`, `'.join(sorted(mentors))}`" if mentors else ""
+        table.append(f"| {r} | {describe(backbone[r])}{taught} | " + " | ".join(pct(v) for v in vs) + f" | {stats(vs)} |")
     for base in ("Sup-only", "Sup-only, longest budget", "UniMatch", "CPS (network 1)"):  # paired, seed by seed
         pairs = [(found[s]["val"]["IGL-DT student"], found[s]["val"][base]) for s in seeds]
         if any(a is None or b is None for a, b in pairs):
