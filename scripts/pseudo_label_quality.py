@@ -51,26 +51,39 @@ def probabilities(model, image: np.ndarray, mean, std, stride: int, flip: bool =
 
 
 class Confidence:
-    """Per threshold T: labelled pixels whose confidence is >= T, and how many of those are right."""
+    """Per threshold T: labelled pixels whose confidence is >= T, how many of those are right, and per
+    ground-truth class how many of its pixels are kept and wrong (what a threshold teaches against it)."""
 
-    def __init__(self, thresholds):
+    def __init__(self, thresholds, classes: int = 0):
         self.t = np.asarray(thresholds, dtype=np.float64)
         self.total, self.kept, self.right = 0, np.zeros(len(self.t)), np.zeros(len(self.t))
+        self.class_pixels = np.zeros(classes)
+        self.class_wrong = np.zeros((len(self.t), classes))
 
     def update(self, p: torch.Tensor, mask: np.ndarray) -> None:
         conf, pred = (v.numpy() for v in p[0].max(0))
         known = mask != IGNORE_INDEX
-        conf, correct = conf[known], pred[known] == mask[known]
+        conf, correct, truth = conf[known], pred[known] == mask[known], mask[known].astype(np.int64)
         self.total += int(known.sum())
+        n = len(self.class_pixels)
+        if n:
+            self.class_pixels += np.bincount(truth, minlength=n)[:n]
         for j, t in enumerate(self.t):
             sure = conf >= t
             self.kept[j] += int(sure.sum())
             self.right[j] += int((sure & correct).sum())
+            if n:
+                self.class_wrong[j] += np.bincount(truth[sure & ~correct], minlength=n)[:n]
 
-    def summary(self) -> dict:
+    def summary(self, classes=()) -> dict:
         total = max(self.total, 1)
-        return {f"{t:g}": {"kept": k / total, "accuracy_kept": r / max(k, 1), "confidently_wrong": (k - r) / total}
-                for t, k, r in zip(self.t, self.kept, self.right)}
+        out = {}
+        for j, (t, k, r) in enumerate(zip(self.t, self.kept, self.right)):
+            out[f"{t:g}"] = {"kept": k / total, "accuracy_kept": r / max(k, 1), "confidently_wrong": (k - r) / total}
+            if len(classes):  # per ground-truth class: the share of its pixels taught confidently as another
+                out[f"{t:g}"]["confidently_wrong_by_class"] = {
+                    c: float(w / max(px, 1)) for c, w, px in zip(classes, self.class_wrong[j], self.class_pixels)}
+        return out
 
 
 def report(name: str, images: int, cms: dict[str, ConfusionMatrix], classes: list[str],
@@ -95,10 +108,13 @@ def report(name: str, images: int, cms: dict[str, ConfusionMatrix], classes: lis
         print(f"{label:>14}" + "".join(f"{100 * v:10.1f}" for v in iou) + f"{100 * miou:10.2f}{100 * acc:11.2f}")
         print(f"{'share':>14}" + "".join(f"{100 * s:4.1f}/{100 * t:<5.1f}" for s, t in zip(share, gt_share)))
         if confidence and k in confidence:
-            out[k]["confidence"] = summary = confidence[k].summary()
+            out[k]["confidence"] = summary = confidence[k].summary(classes)
             print(f"{'confidence':>14}" + "".join(
                 f"  >={t}: kept {100 * v['kept']:.1f}%, right {100 * v['accuracy_kept']:.1f}%, "
                 f"confidently wrong {100 * v['confidently_wrong']:.1f}% of all;" for t, v in summary.items()))
+            for t, v in summary.items():
+                print(f"{'wrong >=' + t:>14}" + "".join(f"{100 * w:10.1f}" for w in v["confidently_wrong_by_class"].values())
+                      + "   (% of each class's pixels taught confidently as another)")
     return out
 
 
@@ -154,7 +170,7 @@ def main() -> None:
                 for k, p in probs.items():
                     cms.setdefault(name, {}).setdefault(k, ConfusionMatrix(n)).update(p[0].argmax(0).numpy(), mask)
                     if args.confidence:
-                        confs.setdefault(name, {}).setdefault(k, Confidence(args.confidence)).update(p, mask)
+                        confs.setdefault(name, {}).setdefault(k, Confidence(args.confidence, n)).update(p, mask)
         for name, by_model in cms.items():
             result[name] = report(name, images[name], by_model, classes, confs.get(name))
     if args.out:
