@@ -85,7 +85,6 @@ def suggest(teachers, weights, data, dataset, preset, overrides, count, method, 
     igldt suggest --teachers best.pt --data ../camvid --dataset camvid -o data.fraction=1/32 --out runs/round1
     """
     import numpy as np
-    import torch
     from tqdm import tqdm
 
     from igldt import suggest as S
@@ -115,7 +114,6 @@ def suggest(teachers, weights, data, dataset, preset, overrides, count, method, 
         raise click.UsageError(f"--count {count} is larger than the unlabelled pool ({len(pool)} images)")
     mean, std = meta.get("mean", cfg.data.mean), meta.get("std", cfg.data.std)
     classes = list(meta.get("classes") or pool.classes)
-    torch.set_grad_enabled(False)
     with tqdm(total=len(pool), desc="suggest", unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         result = S.score_pool(networks, pool, mean, std, dev, progress=lambda i: bar.update(1))
     picks, order = S.suggest(result, count, method, diverse, shortlist, seed)

@@ -139,3 +139,13 @@ def test_suggest_bad_input_one_line(teachers_file, tmp_path, case, args, message
     assert r.exit_code == 2, r.output
     error = [line for line in r.output.splitlines() if line.startswith("Error")]
     assert len(error) == 1 and message in error[0], r.output
+
+
+def test_suggest_leaves_autograd_as_it_found_it(teachers_file, tmp_path):
+    """The verb runs its networks under no_grad, never by switching autograd off for the process (a later
+    training in the same process, as in this suite, would then fail to backpropagate)."""
+    path, _ = teachers_file
+    assert torch.is_grad_enabled()
+    r = CliRunner().invoke(cli, ["suggest", "--teachers", str(path), "-k", "1", "--out", str(tmp_path), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert torch.is_grad_enabled()
