@@ -79,20 +79,20 @@ def fit_tolerance(quantize: Callable[[Sequence[str]], object], score: Callable[[
     budget = int(max_float * len(candidates))
     echo(f"Ranking {len(candidates)} layers by the mIoU each gives back in float (on the ranking images)")
     fit.ranking = rank_layers(quantize, rank_score, candidates, rank_score(proto))
-    best = (fit.int8_miou, proto, [])
+    best_miou, best_count = fit.int8_miou, 0
     for name, _ in fit.ranking[:budget]:
         fit.left_in_float.append(name)
         proto = quantize(fit.left_in_float)
         miou = score(proto)
         fit.steps.append((len(fit.left_in_float), miou))
         echo(f"  {len(fit.left_in_float)} in float (+ {(names or {}).get(name, name)}): mIoU {100 * miou:.2f} ({100 * (miou - fp32_miou):+.2f})")
-        if miou > best[0]:
-            best = (miou, proto, list(fit.left_in_float))
+        if miou > best_miou:
+            best_miou, best_count = miou, len(fit.left_in_float)
         if 100 * (miou - fp32_miou) >= -tolerance:
             fit.final_miou = miou
             return proto, fit
-    raise ExportError(f"--tolerance {tolerance}: INT8 stays {100 * (fit.fp32_miou - best[0]):.2f} mIoU points below "
-                      f"fp32 at best ({len(best[2])} of {len(candidates)} layers in float, the most --max-float "
+    raise ExportError(f"--tolerance {tolerance}: INT8 stays {100 * (fit.fp32_miou - best_miou):.2f} mIoU points below "
+                      f"fp32 at best ({best_count} of {len(candidates)} layers in float, the most --max-float "
                       f"{max_float:.0%} allows); raise --tolerance or --max-float, or export fp16")
 
 

@@ -185,10 +185,11 @@ class Int8Quantizer:
 
     def report(self, exclude: Sequence[str] = ()) -> dict:
         _, _, symmetric, float_layers = TARGETS[self.target]
+        names = self.describe() if exclude else {}  # reads the graph once, not once per layer
         return {"calibration_images": len(self.images), "method": self.method, "target": self.target,
                 "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
                 "float_layers": float_layers, "prepare": self.note, "left_in_float": list(exclude),
-                "left_in_float_layers": [self.describe().get(n, n) for n in exclude]}
+                "left_in_float_layers": [names.get(n, n) for n in exclude]}
 
 
 def quantize_int8(fp32_path: str | Path, images: Sequence[Callable[[], np.ndarray]], meta: dict,
