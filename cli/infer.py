@@ -6,10 +6,14 @@ numpy, OpenCV and an inference engine.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
+
+from igldt.runtime.sources import StreamPolicy
 
 from .common import hint
 
@@ -65,39 +69,81 @@ def increment_path(path: Path, exist_ok: bool = False) -> Path:
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Frames segmented at once, each on its own thread with cores/N engine threads. On a CPU, "
                    "2+ raises video throughput (higher latency per frame: keep 1 for a live camera).")
+@click.option("--stream-timeout", type=float, default=StreamPolicy.read_timeout, show_default=True,
+              help="Camera/stream: seconds without a frame that make an outage (a stall), then reconnect.")
+@click.option("--reconnect", type=int, default=StreamPolicy.retries, show_default=True,
+              help="Camera/stream: reconnect attempts per outage (backoff 0.5 s doubling to 8 s) before "
+                   "giving up with an error.")
+@click.option("--segment", type=float, default=None,
+              help="--save-video: close the video every this many seconds of frames (name_000.mp4, ...) so a "
+                   "killed run keeps every closed segment. Default: 60 for a camera or stream, one file "
+                   "for a video; 0 = one file.")
 def infer(source, model, out, exist_ok, save_masks, raw_ids, save_overlay, save_video, show, vid_stride, device,
-          batch, imgsz, alpha, workers):
+          batch, imgsz, alpha, workers, stream_timeout, reconnect, segment):
     """Segment SOURCE: an image, a folder, a glob, a video, a camera index (0) or an rtsp/http URL.
 
     Grayscale, RGBA and 16-bit image files are converted to 8-bit RGB (one note per kind).
-    Videos are written as H.264 where this OpenCV can encode it, else mp4v (with a note)."""
+    Videos are written as H.264 where this OpenCV can encode it, else mp4v (with a note).
+    A camera or stream that drops is reconnected (one line per outage); Ctrl-C or SIGTERM stops
+    the run with every output closed and its summary printed."""
     from igldt.runtime import DeployError, Predictor
     from igldt.runtime.sinks import ResultWriter
     from igldt.runtime.sources import open_source
 
     if vid_stride < 1 or batch < 1 or workers < 1:
         raise click.BadParameter("must be >= 1", param_hint="--vid-stride/--batch/--workers")
+    if stream_timeout <= 0 or reconnect < 0 or (segment is not None and segment < 0):
+        raise click.BadParameter("--stream-timeout must be > 0, --reconnect and --segment >= 0",
+                                 param_hint="--stream-timeout/--reconnect/--segment")
     # Several workers share the cores: one engine thread each on a 2-core box, not 2 x 2 fighting.
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     try:
         predictor = Predictor(model, device=device, batch=batch, imgsz=parse_imgsz(imgsz), threads=threads)
-        src = open_source(source, vid_stride, convert_images=True, note=_note)
+        policy = StreamPolicy(read_timeout=stream_timeout, retries=reconnect)
+        src = open_source(source, vid_stride, convert_images=True, note=_note, policy=policy)
         save_masks, save_video = _chosen_outputs(src, source, save_masks, save_overlay, save_video, show)
         run_dir = increment_path(Path(out), exist_ok)
         fps = (src.fps / vid_stride) if (src.fps and src.kind == "video") else src.fps
+        segment = (LIVE_SEGMENT_S if src.live else 0) if segment is None else segment
         writer = ResultWriter(run_dir, predictor.palette, masks=save_masks, raw_ids=raw_ids, overlays=save_overlay,
-                              video=save_video, fps=fps, show=show, alpha=alpha, note=_note)
+                              video=save_video, fps=fps, show=show, alpha=alpha, note=_note,
+                              segment_frames=round(segment * (fps or 30.0)))
         click.echo(predictor.describe())
-        stats = _segment(src, source, predictor, writer, workers)
+        with sigterm_as_interrupt():
+            stats = _segment(src, source, predictor, writer, workers)
     except DeployError as e:
         raise click.ClickException(str(e)) from None
-    except KeyboardInterrupt:
-        click.echo("interrupted; results so far are kept")
+    except KeyboardInterrupt:  # before the run started: nothing to close
+        click.echo("interrupted")
         return
-    _print_stats(stats, writer)
+    if stats.interrupted:
+        click.echo(f"stopped by {'SIGTERM' if _TERMINATED else 'Ctrl-C'}; every output closed")
+    _print_stats(stats, writer, src)
     if writer.written and (save_masks or save_overlay or save_video):
         click.secho(f"Results saved to {run_dir}", fg="green")
         hint(f"igldt evaluate --engine {model} --data ROOT --dataset NAME")
+
+
+LIVE_SEGMENT_S = 60.0  # --segment's default for cameras and streams: a kill loses at most a minute of video
+_TERMINATED = []      # set by the SIGTERM handler: the summary names what stopped the run
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (systemd, docker stop, kill) stops the run like Ctrl-C: outputs closed, summary printed."""
+    def on_term(signum, frame):
+        _TERMINATED.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (an embedding program): leave its signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _note(message: str) -> None:
@@ -144,11 +190,18 @@ def _segment(src, source: str, predictor, writer, workers: int):
         writer.close()
 
 
-def _print_stats(stats, writer) -> None:
+def _print_stats(stats, writer, src) -> None:
     frames = max(stats.frames, 1)
     click.echo(f"{stats.frames} frames in {stats.wall_s:.2f}s: {stats.fps:.1f} FPS end to end, "
                f"{stats.infer_fps:.1f} FPS inference only "
                f"(per frame: pre {stats.pre_ms / frames:.1f}ms, infer {stats.infer_ms / frames:.1f}ms, "
                f"post {stats.post_ms / frames:.1f}ms)")
-    if writer.video_path is not None:
-        click.echo(f"video {writer.video_path}: {VIDEO_CODECS.get(writer.video_codec, writer.video_codec)}")
+    if src.live:
+        lost = sum(o.lasted for o in src.outages)
+        click.echo(f"{src.what}: {src.read} frames read, {src.dropped} dropped as stale, {len(src.outages)} "
+                   f"outage(s) lasting {lost:.1f}s in all")
+    if writer.video_paths:
+        codec = VIDEO_CODECS.get(writer.video_codec, writer.video_codec)
+        more = f" ({len(writer.video_paths)} segments, the last {writer.video_paths[-1].name})" \
+            if len(writer.video_paths) > 1 else ""
+        click.echo(f"video {writer.video_paths[0]}{more}: {codec}")

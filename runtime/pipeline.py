@@ -31,6 +31,7 @@ class PipelineStats:
     infer_ms: float = 0.0
     post_ms: float = 0.0
     workers: int = 1
+    interrupted: bool = False  # stopped by Ctrl-C / SIGTERM: the frames so far are written, the sink left open
     timings: list = field(default_factory=list)  # per-batch (pre, infer, post) ms
 
     @property
@@ -134,12 +135,18 @@ def _segment(source, predictor, s: _Stages, stats: PipelineStats, batch: int, on
 
 
 def _encode(sink, s: _Stages, video_name: str) -> None:
-    """Write results in source order: batches from several workers arrive out of order."""
+    """Write results in source order: batches from several workers arrive out of order. Once the run
+    stops, what is already queued is written and the thread ends (never blocked on an empty queue)."""
     pending: list = []
     next_seq = 0
     try:
         while True:
-            item = s.q_out.get()
+            try:
+                item = s.q_out.get(timeout=0.1)
+            except queue.Empty:
+                if s.stop.is_set():
+                    return
+                continue
             if item is _END:
                 return
             for seq, frame, labels in item:
@@ -157,7 +164,8 @@ def run_pipeline(source, predictor, sink=None, batch: int = 1, queue_size: int =
                  on_batch: Callable[[int, dict], None] | None = None, video_name: str = "result",
                  workers: int = 1) -> PipelineStats:
     """Run every frame of `source` through `predictor` on `workers` threads; `sink.write(frame, labels)`
-    on the encode thread, in source order."""
+    on the encode thread, in source order. A KeyboardInterrupt (Ctrl-C, or SIGTERM where the caller maps
+    it) stops the run cleanly: every thread ends, and the stats come back with `interrupted` set."""
     s = _Stages(max(queue_size, 2 * workers * batch), batch)
     workers = max(1, workers)
     stats = PipelineStats(workers=workers)
@@ -174,14 +182,16 @@ def run_pipeline(source, predictor, sink=None, batch: int = 1, queue_size: int =
         for t in segmenters:
             while t.is_alive():  # join in slices so that Ctrl-C reaches this thread
                 t.join(timeout=0.2)
+    except KeyboardInterrupt:
+        stats.interrupted = True
     except BaseException:
         s.stop.set()
         raise
     finally:
-        if not s.stop.is_set():
+        if not s.stop.is_set() and not stats.interrupted:
             s.put(s.q_out, _END)
-            t_enc.join()
         s.stop.set()
+        t_enc.join()  # after what was queued is written: the sink is the caller's to close
         source.close()
         t_dec.join(timeout=2)
         stats.wall_s = time.perf_counter() - t0

@@ -24,9 +24,35 @@ MP4V_NOTE = ("note: {path} is mp4v (MPEG-4 Part 2), not playable in most browser
              "ffmpeg -i {path} -c:v libx264 -pix_fmt yuv420p -movflags +faststart {h264}")
 
 
+PARTIAL = ".partial"  # a video segment being written: renamed to its final name once closed (and playable)
+
+
+def partial_path(video: Path) -> Path:
+    """Where `video` is written until it is closed."""
+    return video.with_suffix(f"{PARTIAL}.mp4")
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """`data` into `path` through a temporary file and a rename: a kill mid-write leaves the old file or
+    none, never a truncated one under the final name."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def encode_image(path: Path, image: np.ndarray) -> bytes:
+    """`image` encoded as `path`'s suffix says (PNG, JPEG, ...)."""
+    ok, buf = cv2.imencode(path.suffix, image)
+    if not ok:
+        raise DeployError(f"cannot encode {path}")
+    return buf.tobytes()
+
+
 def write_palette_png(path: str | Path, labels: np.ndarray, palette: np.ndarray) -> None:
     """An 8-bit palette-indexed PNG: pixel values are the class ids (what evaluation reads back),
-    viewers show the class colours. Written by hand (zlib + 4 chunks) so the runtime needs no Pillow."""
+    viewers show the class colours. Written by hand (zlib + 4 chunks) so the runtime needs no Pillow;
+    atomically (`write_atomic`)."""
     labels = np.ascontiguousarray(labels, np.uint8)
     h, w = labels.shape
     pal = np.zeros((256, 3), np.uint8)
@@ -38,7 +64,7 @@ def write_palette_png(path: str | Path, labels: np.ndarray, palette: np.ndarray)
 
     png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
            + chunk(b"PLTE", pal.tobytes()) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-    Path(path).write_bytes(png)
+    write_atomic(path, png)
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -89,11 +115,15 @@ def display_available() -> bool:
 
 
 class ResultWriter:
-    """Writes each (frame, labels) pair to the outputs asked for, under one run folder."""
+    """Writes each (frame, labels) pair to the outputs asked for, under one run folder. Nothing is
+    half-written under a final name: images go through `write_atomic`, and the video is written as
+    `<name>.partial.mp4`, renamed to `<name>.mp4` when closed. `segment_frames` > 0 closes the video
+    every that many frames (`<name>_000.mp4`, `_001`, ...), so a killed live run keeps every closed
+    segment playable."""
 
     def __init__(self, out_dir: str | Path, palette: np.ndarray, *, masks: bool = False, raw_ids: bool = False,
                  overlays: bool = False, video: bool = False, fps: float | None = None, show: bool = False,
-                 alpha: float = 0.5, note=print_note):
+                 alpha: float = 0.5, note=print_note, segment_frames: int = 0):
         self.out = Path(out_dir)
         self.note = note  # one-line messages (the mp4v fallback)
         self.palette = np.asarray(palette, np.uint8)
@@ -103,8 +133,10 @@ class ResultWriter:
             raise DeployError("--show needs a display and an OpenCV build with GUI (not opencv-python-headless); "
                               "drop --show or use --save-video")
         self._writer: cv2.VideoWriter | None = None
-        self.video_path: Path | None = None
-        self.video_codec: str | None = None  # the fourcc the video was written with
+        self.segment_frames, self._in_segment = max(0, int(segment_frames)), 0
+        self.video_paths: list[Path] = []     # every closed video (segment), in order
+        self.video_path: Path | None = None   # the video being written, else the last one closed
+        self.video_codec: str | None = None   # the fourcc the video was written with
         self.written = 0
         for flag, sub in ((masks, "masks"), (overlays, "overlays")):
             if flag:
@@ -116,33 +148,46 @@ class ResultWriter:
         if self.masks:
             path = self.out / "masks" / f"{frame.name}.png"
             if self.raw_ids:
-                cv2.imwrite(str(path), labels)
+                write_atomic(path, encode_image(path, labels))
             else:
                 write_palette_png(path, labels, self.palette)
         blended = None
         if self.overlays or self.video or self.show:
             blended = cv2.cvtColor(overlay(frame.image, labels, self.palette, self.alpha), cv2.COLOR_RGB2BGR)
         if self.overlays:
-            cv2.imwrite(str(self.out / "overlays" / f"{frame.name}.jpg"), blended)
+            path = self.out / "overlays" / f"{frame.name}.jpg"
+            write_atomic(path, encode_image(path, blended))
         if self.video:
             if self._writer is None:
                 self._open_video(video_name, blended.shape[:2])
             self._writer.write(blended)
+            self._in_segment += 1
+            if self._in_segment == self.segment_frames:
+                self._close_video()
         if self.show:
             cv2.imshow("igldt", blended)
             cv2.waitKey(1)
         self.written += 1
 
     def _open_video(self, video_name: str, hw: tuple[int, int]) -> None:
-        self.video_path = self.out / f"{video_name}.mp4"
-        self._writer, self.video_codec = open_video_writer(self.video_path, self.fps, (hw[1], hw[0]))
-        if self.video_codec == FALLBACK_FOURCC:
-            self.note(MP4V_NOTE.format(path=self.video_path, h264=self.video_path.with_name(f"{video_name}_h264.mp4")))
+        name = f"{video_name}_{len(self.video_paths):03d}" if self.segment_frames else video_name
+        self.video_path = self.out / f"{name}.mp4"
+        noted = self.video_codec is not None
+        self._writer, self.video_codec = open_video_writer(partial_path(self.video_path), self.fps, (hw[1], hw[0]))
+        self._in_segment = 0
+        if self.video_codec == FALLBACK_FOURCC and not noted:
+            self.note(MP4V_NOTE.format(path=self.video_path, h264=self.video_path.with_name(f"{name}_h264.mp4")))
+
+    def _close_video(self) -> None:
+        """Finish the video being written (its index is written on release) and give it its final name."""
+        self._writer.release()
+        self._writer = None
+        os.replace(partial_path(self.video_path), self.video_path)
+        self.video_paths.append(self.video_path)
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+            self._close_video()
         if self.show:
             try:
                 cv2.destroyAllWindows()

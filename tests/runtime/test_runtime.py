@@ -21,7 +21,7 @@ from igldt.runtime.metadata import sidecar_path  # noqa: E402
 from igldt.runtime.pipeline import run_pipeline  # noqa: E402
 from igldt.runtime import sinks  # noqa: E402
 from igldt.runtime.sinks import ResultWriter, write_palette_png  # noqa: E402
-from igldt.runtime.sources import Frame, LiveSource, open_source  # noqa: E402
+from igldt.runtime.sources import Frame, LiveSource, StreamPolicy, open_source  # noqa: E402
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 CLASSES = ["red", "green", "blue"]
@@ -166,7 +166,7 @@ def test_unreadable_video_and_missing_camera_fail_fast(tmp_path):
 
 def test_live_reader_keeps_newest_and_stops(tmp_path):
     video = _write_video(tmp_path / "live.mp4", n=30)
-    src = LiveSource(str(video), backoff=0.01)  # a file read as a stream: loops by reconnecting
+    src = LiveSource(str(video), policy=StreamPolicy(backoff=0.01), note=lambda m: None)  # a file as a stream
     got = []
     for frame in src:
         got.append(frame)
@@ -315,13 +315,30 @@ def _frame_count(path: Path) -> int:
     return n
 
 
-def _write_annotated(out: Path, n: int = 7) -> tuple[ResultWriter, list[str]]:
+def _write_annotated(out: Path, n: int = 7, **kw) -> tuple[ResultWriter, list[str]]:
     notes = []
-    sink = ResultWriter(out, np.asarray(PALETTE, np.uint8), video=True, fps=10, note=notes.append)
+    sink = ResultWriter(out, np.asarray(PALETTE, np.uint8), video=True, fps=10, note=notes.append, **kw)
     for i in range(n):
         sink.write(Frame(rand_img(48, 64, i), f"f{i}", i), np.full((48, 64), i % 3, np.uint8), "clip")
     sink.close()
     return sink, notes
+
+
+def test_video_segments_are_partial_until_closed_then_play(tmp_path):
+    out = tmp_path / "out"
+    sink = ResultWriter(out, np.asarray(PALETTE, np.uint8), video=True, fps=10, segment_frames=3, masks=True,
+                        raw_ids=True, overlays=True, note=lambda m: None)
+    for i in range(7):
+        sink.write(Frame(rand_img(48, 64, i), f"f{i}", i), np.full((48, 64), i % 3, np.uint8), "clip")
+        if i == 3:  # the second segment is open: under its partial name only
+            assert sorted(p.name for p in out.glob("*.mp4")) == ["clip_000.mp4", "clip_001.partial.mp4"]
+    sink.close()
+    assert [p.name for p in sink.video_paths] == ["clip_000.mp4", "clip_001.mp4", "clip_002.mp4"]
+    assert [_frame_count(p) for p in sink.video_paths] == [3, 3, 1]
+    assert sorted(p.name for p in out.glob("*.mp4")) == [p.name for p in sink.video_paths]
+    masks = sorted((out / "masks").iterdir())  # written through a rename: no temporary left behind
+    assert [p.name for p in masks] == [f"f{i}.png" for i in range(7)] and len(list((out / "overlays").iterdir())) == 7
+    np.testing.assert_array_equal(cv2.imread(str(masks[4]), cv2.IMREAD_UNCHANGED), np.full((48, 64), 1, np.uint8))
 
 
 def test_video_is_h264_where_opencv_can_else_mp4v_with_a_note(tmp_path):
