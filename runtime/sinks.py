@@ -19,6 +19,11 @@ from .errors import DeployError, print_note
 
 H264_FOURCCS = ("avc1", "H264", "X264")  # the names OpenCV builds accept for an H.264 encoder
 FALLBACK_FOURCC = "mp4v"                 # MPEG-4 Part 2: in every FFmpeg build, not played by most browsers
+# The annotated video's bit rate: 0.4 bit a pixel (2.1 Mbit/s at 480x360, 30 FPS), a third of what
+# FFmpeg's mpeg4 picked by itself; its encoding took 0.80 ms of CPU a frame against 1.08 ms
+# (benchmarks/runtime_video.py --profile, 2026-12-07): CPU that the engine's threads want. Overlays
+# stay legible; `--save-masks` keeps the labels lossless.
+VIDEO_BITS_PER_PIXEL = 0.4
 MP4V_NOTE = ("note: {path} is mp4v (MPEG-4 Part 2), not playable in most browsers: this OpenCV has no H.264 "
              "encoder; use an OpenCV built with FFmpeg+libx264 or OpenH264, or re-encode: "
              "ffmpeg -i {path} -c:v libx264 -pix_fmt yuv420p -movflags +faststart {h264}")
@@ -68,7 +73,7 @@ def write_palette_png(path: str | Path, labels: np.ndarray, palette: np.ndarray)
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """RGB image blended with the class colours (RGB out)."""
+    """`image` blended with the class colours, in the channel order `image` and `palette` share."""
     return cv2.addWeighted(image, 1 - alpha, colorize(labels, palette), alpha, 0)
 
 
@@ -91,10 +96,12 @@ def quiet_native_stderr():
 
 
 def open_video_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[cv2.VideoWriter, str]:
-    """(writer, fourcc): the first of H264_FOURCCS this OpenCV opens, else mp4v; `size` is (W, H)."""
+    """(writer, fourcc): the first of H264_FOURCCS this OpenCV opens, else mp4v; `size` is (W, H);
+    at VIDEO_BITS_PER_PIXEL."""
+    bitrate = [cv2.VIDEOWRITER_PROP_BITRATE, int(VIDEO_BITS_PER_PIXEL * size[0] * size[1] * fps)]
     for fourcc in (*H264_FOURCCS, FALLBACK_FOURCC):
         with quiet_native_stderr():
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+            writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), fps, size, bitrate)
         if writer.isOpened():
             return writer, fourcc
         writer.release()
@@ -152,8 +159,11 @@ class ResultWriter:
             else:
                 write_palette_png(path, labels, self.palette)
         blended = None
-        if self.overlays or self.video or self.show:
-            blended = cv2.cvtColor(overlay(frame.image, labels, self.palette, self.alpha), cv2.COLOR_RGB2BGR)
+        if self.overlays or self.video or self.show:  # drawn in BGR, what the encoders take
+            if frame.bgr is not None:
+                blended = overlay(frame.bgr, labels, self.palette[:, ::-1], self.alpha)
+            else:
+                blended = cv2.cvtColor(overlay(frame.image, labels, self.palette, self.alpha), cv2.COLOR_RGB2BGR)
         if self.overlays:
             path = self.out / "overlays" / f"{frame.name}.jpg"
             write_atomic(path, encode_image(path, blended))

@@ -32,11 +32,29 @@ class Frame:
     name: str           # file stem, or <source>_<frame index>
     index: int          # position in the source (frames skipped by --vid-stride still count)
     path: str = ""      # the file it came from, when there is one
+    bgr: np.ndarray | None = None  # the decoded BGR frame of a video or stream: the video sink draws on it
+                                   # without converting `image` back
 
 
 def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+# One FFmpeg decoding thread: the engine's threads already fill the cores, and FFmpeg's frame threads
+# cost CPU to hand frames over: a 360x480 mp4v frame took 0.71 ms of CPU on one thread against 1.12 ms
+# at FFmpeg's default (benchmarks/runtime_video.py --profile, 2026-12-07).
+DECODE_THREADS = 1
+
+
+def open_decoder(target: str, params: list[int] = ()) -> cv2.VideoCapture:
+    """A video file or stream opened with FFmpeg (`params`: OpenCV open-time properties) on
+    DECODE_THREADS threads; whatever OpenCV picks where FFmpeg cannot open it."""
+    cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, [*params, cv2.CAP_PROP_N_THREADS, DECODE_THREADS])
+    if cap.isOpened() or target.lower().startswith(STREAM_PREFIXES):
+        return cap
+    cap.release()
+    return cv2.VideoCapture(target)
 
 
 class Source:
@@ -82,7 +100,7 @@ class VideoSource(Source):
 
     def __init__(self, path: Path, vid_stride: int = 1):
         self.path, self.stride = path, max(1, int(vid_stride))
-        cap = cv2.VideoCapture(str(path))
+        cap = open_decoder(str(path))
         ok, first = cap.read() if cap.isOpened() else (False, None)
         if not ok or first is None:
             cap.release()
@@ -103,7 +121,8 @@ class VideoSource(Source):
         try:
             while frame is not None:
                 if frame.ndim == 3 and frame.shape[2] == 3:
-                    yield Frame(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), f"{self.path.stem}_{i:06d}", i, str(self.path))
+                    yield Frame(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), f"{self.path.stem}_{i:06d}", i, str(self.path),
+                                frame)
                 for _ in range(self.stride - 1):  # grab() skips decoding to RGB: cheap frame skipping
                     with self._lock:
                         if not self.cap.grab():  # False once closed, too
@@ -196,7 +215,7 @@ class LiveSource(Source):
         else:  # FFmpeg takes its timeouts at open time only (opencv#23207)
             ms = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.policy.open_timeout * 1000),
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.policy.read_timeout * 1000 / READ_TRIES)]
-            cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, ms)
+            cap = open_decoder(target, ms)
         if not cap.isOpened():
             cap.release()
             return None
@@ -281,7 +300,7 @@ class LiveSource(Source):
                         break
                     frame, last = self._frame, self._seq
                     self._frame = None
-                yield Frame(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), f"{self.name}_{last:06d}", last - 1)
+                yield Frame(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), f"{self.name}_{last:06d}", last - 1, bgr=frame)
         finally:
             self.close()
         if self.error is not None:

@@ -555,3 +555,17 @@ def test_benchmark_prints_miou_and_latency_of_an_engine(model, tmp_path):
     assert res.exit_code == 0, res.output
     (row,) = json.loads(out.read_text())
     assert row["status"] == "ok" and row["miou"] > 0.9 and row["p50_ms"] > 0
+
+
+def test_video_sink_draws_on_the_decoded_bgr_frame_as_on_the_rgb_one(tmp_path):
+    """Video and stream frames carry their decoded BGR array, which the sink blends without converting
+    back; the result is the RGB path's, converted."""
+    rgb, labels = rand_img(48, 64, 3), np.random.default_rng(1).integers(0, 3, (48, 64), dtype=np.uint8)
+    drawn = {}
+    for name, frame in (("rgb", Frame(rgb, "a", 0)), ("bgr", Frame(rgb, "b", 0, bgr=cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))):
+        sink = ResultWriter(tmp_path / name, np.asarray(PALETTE, np.uint8), overlays=True)
+        sink.write(frame, labels)
+        drawn[name] = cv2.imread(str(tmp_path / name / "overlays" / f"{frame.name}.jpg"))
+    assert np.abs(drawn["rgb"].astype(int) - drawn["bgr"]).max() <= 1
+    assert sinks.overlay(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), labels, np.asarray(PALETTE, np.uint8)[:, ::-1]).tolist() \
+        == cv2.cvtColor(sinks.overlay(rgb, labels, np.asarray(PALETTE, np.uint8)), cv2.COLOR_RGB2BGR).tolist()
