@@ -28,7 +28,7 @@ from igldt.runtime import DeployError  # noqa: E402
 from igldt.runtime.sinks import PARTIAL  # noqa: E402
 from igldt.runtime.sources import LiveSource, StreamPolicy  # noqa: E402
 
-from .test_runtime import tiny_onnx  # noqa: E402
+from .test_runtime import _frame_count, tiny_onnx  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER = Path(__file__).with_name("rtsp_server.py")
@@ -267,14 +267,6 @@ def _segments(out: Path) -> list[Path]:
     return sorted(p for p in out.glob("*.mp4") if PARTIAL not in p.name)
 
 
-def _frames_in(video: Path) -> int:
-    cap, n = cv2.VideoCapture(str(video)), 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
-
-
 def test_infer_survives_an_outage_and_closes_everything_on_sigterm(server, model, tmp_path):
     out = tmp_path / "run"
     proc = _infer(server.url, model, out)
@@ -295,7 +287,7 @@ def test_infer_survives_an_outage_and_closes_everything_on_sigterm(server, model
     assert re.search(r"1 outage\(s\) lasting \d+\.\ds in all", stdout)
     assert not list(out.glob(f"*{PARTIAL}*")) and not list(out.rglob(".*.tmp"))  # all closed
     segments = _segments(out)
-    assert len(segments) >= 3 and all(_frames_in(v) > 0 for v in segments)
+    assert len(segments) >= 3 and all(_frame_count(v) > 0 for v in segments)
     masks = list((out / "masks").glob("*.png"))
     assert masks and all(cv2.imread(str(m), cv2.IMREAD_UNCHANGED) is not None for m in masks)
 
@@ -309,7 +301,7 @@ def test_infer_killed_leaves_no_truncated_file(server, model, tmp_path):
         proc.kill()  # SIGKILL: no handler runs
         proc.communicate(timeout=10)
     segments = _segments(out)
-    assert len(segments) >= 2 and all(_frames_in(v) > 0 for v in segments)  # every closed segment plays
+    assert len(segments) >= 2 and all(_frame_count(v) > 0 for v in segments)  # every closed segment plays
     masks = list((out / "masks").glob("*.png"))
     assert masks and all(cv2.imread(str(m), cv2.IMREAD_UNCHANGED) is not None for m in masks)
 
