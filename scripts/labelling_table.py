@@ -29,6 +29,8 @@ PICKS = {"random": ("random", False), "disagreement": ("disagreement", False),
          "disagreement + diversity": ("disagreement", True), "balanced + diversity": ("balanced", True),
          "entropy": ("entropy", False)}
 DEFAULT_ROWS = ("random", "disagreement", "disagreement + diversity", "entropy")
+DEFAULT_PICKS = "disagreement + diversity"  # what `igldt suggest --teachers` picks without options
+STUDENT = "student"  # run folder of the IGL-DT student on the default picks (--student)
 BEGIN, END = "<!-- table: scripts/labelling_table.py -->", "<!-- end of table -->"  # the text around them is kept
 
 
@@ -54,10 +56,13 @@ def suggest_cmd(args, name: str, row: str, draw: int | None, out: Path) -> list[
             "--seed", str(draw or 0), "--device", args.device, "--out", str(out / "picks" / name), "--exist-ok"]
 
 
-def train_cmd(args, picks: Path | None, seed: int, run: Path) -> list[str]:
+def train_cmd(args, picks: Path | None, seed: int, run: Path, stage: str = "supervised") -> list[str]:
+    """Sup-only (or, with stage="student", the IGL-DT student taught by `args.teachers`) on the starting
+    split enlarged by `picks`, or on the starting split itself."""
     lists = (["-o", f"data.labelled_list={picks / 'labeled.txt'}", "-o", f"data.unlabelled_list={picks / 'unlabeled.txt'}"]
              if picks else ["-o", f"data.fraction={args.fraction_value}"])
-    return [sys.executable, "-m", "igldt.cli.main", "train", "--stage", "supervised", "--preset", args.preset,
+    teachers = ["--teachers", args.teachers] if stage == "student" else []
+    return [sys.executable, "-m", "igldt.cli.main", "train", "--stage", stage, *teachers, "--preset", args.preset,
             "--device", args.device, "--seed", str(seed), "--iters", str(args.iters), "-o", f"data.root={args.data}",
             "-o", f"data.dataset={args.dataset}",
             "-o", "train.val_every=200", *lists, *[a for o in args.overrides for a in ("-o", o)],
@@ -103,6 +108,11 @@ def report(args, out: Path, sets) -> list[str]:
                      + f" | {mean_sd([by_seed[s] for s in seeds if s in by_seed])} | {diff} |")
     walls = [json.loads((REPO / out / "picks" / name / "done.json").read_text())["wall"] for _, name, _ in sets
              if (REPO / out / "picks" / name / "done.json").exists()]
+    student = {s: best(out / f"seed{s}" / STUDENT) for s in seeds}
+    if args.student and any(student.values()):
+        lines.append(f"| IGL-DT student on the {DEFAULT_PICKS} picks (teachers of the starting split) | "
+                     + " | ".join(f"{100 * student[s][0]:.2f}" if student[s] else "" for s in seeds)
+                     + f" | {mean_sd([student[s][0] for s in seeds if student[s]])} | |")
     lines += ["", f"{args.dataset} val mIoU %, best validation of each Sup-only run (`--iters {args.iters}`, validated every 200 "
               f"iterations), on {machine(out)}. Picks by `igldt suggest` from `{args.teachers}`"
               + (f" ({statistics.mean(walls):.0f} s per ranking of the pool)" if walls else "")
@@ -141,7 +151,11 @@ def main() -> None:
     ap.add_argument("--out", default="runs/label32")
     ap.add_argument("--results", default="docs/labelling.md")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--student", action="store_true",
+                    help=f"also the IGL-DT student on the {DEFAULT_PICKS} picks, taught by --teachers, every seed")
     args = ap.parse_args()
+    if args.student and DEFAULT_PICKS not in args.rows:
+        ap.error(f"--student trains on the {DEFAULT_PICKS!r} picks: add that row to --rows")
     num, _, den = args.fraction.partition("/")
     args.fraction_value = float(num) / float(den or 1)
     out = Path(args.out)
@@ -157,6 +171,11 @@ def main() -> None:
                 run = out / f"seed{seed}" / name
                 (REPO / run).mkdir(parents=True, exist_ok=True)
                 sh(train_cmd(args, picks, seed, run), (REPO / run).with_suffix(".log"), REPO / run / "done.json")
+            if args.student:
+                run = out / f"seed{seed}" / STUDENT
+                (REPO / run).mkdir(parents=True, exist_ok=True)
+                sh(train_cmd(args, out / "picks" / slug(DEFAULT_PICKS), seed, run, stage="student"),
+                   (REPO / run).with_suffix(".log"), REPO / run / "done.json")
     lines = report(args, out, sets)
     write_between_markers(REPO / args.results, "\n".join(lines))
     print("\n".join(lines))

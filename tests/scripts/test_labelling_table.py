@@ -1,5 +1,6 @@
 """scripts/labelling_table.py end to end on the tiny demo data: picks by two methods, the control's
-draws, Sup-only on every enlarged split, the table written between its markers."""
+draws, Sup-only on every enlarged split, the IGL-DT student on the default picks, the table written
+between its markers."""
 import subprocess
 import sys
 from pathlib import Path
@@ -23,15 +24,18 @@ def test_labelling_table_on_the_demo_data(tiny_demo, tmp_path):
     results = tmp_path / "labelling.md"
     results.write_text("# Labelling\n\nintro kept\n")
     cmd = [sys.executable, str(SCRIPT), "--teachers", str(teachers), "--data", str(tiny_demo), "--dataset", "demo",
-           "--preset", "demo", "--fraction", "1/2", "--count", "1", "--rows", "random", "disagreement", "--draws", "2",
+           "--preset", "demo", "--fraction", "1/2", "--count", "1", "--rows", "random", "disagreement + diversity", "--draws", "2",
+           "--student",
            "--seeds", "0", "--iters", "2", "--out", str(tmp_path / "runs"), "--results", str(results),
            "-o", "data.crop=[32,48]", "-o", "train.batch_size=2", "-o", "data.workers=0"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     text = results.read_text()
     assert text.startswith("# Labelling\n\nintro kept\n") and "random (mean of 2 draws)" in text
-    assert "| disagreement |" in text and "| none (the starting split) |" in text
-    for name in ("random0", "random1", "disagreement"):
+    assert "| disagreement + diversity |" in text and "| none (the starting split) |" in text
+    assert "| IGL-DT student on the disagreement + diversity picks" in text
+    assert (tmp_path / "runs" / "seed0" / "student" / "best.pt").exists()
+    for name in ("random0", "random1", "disagreement-diversity"):
         assert len((tmp_path / "runs" / "picks" / name / "labeled.txt").read_text().split()) == 5  # 4 labelled + 1
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # every step done: only the report
     assert again.returncode == 0 and "done already" in again.stdout
