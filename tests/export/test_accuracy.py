@@ -100,3 +100,18 @@ def test_tolerance_bad_arguments_one_line(sensitive, tmp_path):
     with pytest.raises(ExportError, match="labelled held-in images: demo val at .* is not reachable"):
         run_export(sensitive["ckpt"], "onnx", "int8", out=tmp_path / "a.onnx", tolerance=1.0,
                    calib_val=tmp_path / "nowhere", check_count=0)
+
+
+@pytest.mark.slow
+def test_the_tensorrt_shaped_graph_gets_the_same_fallback_in_fp16(sensitive, tmp_path):
+    """--int8-target tensorrt (what --format trt builds from): the same loop leaves the same layer out of
+    INT8, and that layer stays in fp16 there (TensorRT's strongly typed mode runs it as typed)."""
+    fitted = run_export(sensitive["ckpt"], "onnx", "int8", out=tmp_path / "trt.onnx", calib_count=8, check_count=0,
+                        tolerance=1.0, int8_target="tensorrt", echo=lambda s: None)
+    side = read_sidecar(fitted.path)["calibration"]
+    assert side["target"] == "tensorrt" and side["float_layers"] == "fp16"
+    assert side["left_in_float_layers"] == ["classifier"] and abs(side["accuracy"]["delta_miou_points"]) <= 1.0
+    graph = onnx.load(str(fitted.path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    node = next(n for n in graph.node if n.name == side["left_in_float"][0])
+    assert inits[node.input[1]].data_type == onnx.TensorProto.FLOAT16  # float there means fp16, not fp32
