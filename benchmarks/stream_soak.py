@@ -38,7 +38,7 @@ def main() -> None:
     from igldt.runtime import Predictor
     from igldt.runtime.pipeline import run_pipeline
     from igldt.runtime.sinks import ResultWriter
-    from igldt.runtime.sources import LiveSource, StreamPolicy
+    from igldt.runtime.live import LiveSource, StreamPolicy
 
     predictor = Predictor(args.model, device="cpu", threads=1)
     src = LiveSource(args.url, policy=StreamPolicy(read_timeout=1.0))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from igldt.runtime.sources import StreamPolicy
+from igldt.runtime.live import StreamPolicy
 
 from .common import hint
 

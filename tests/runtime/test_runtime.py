@@ -21,7 +21,8 @@ from igldt.runtime.metadata import sidecar_path  # noqa: E402
 from igldt.runtime.pipeline import run_pipeline  # noqa: E402
 from igldt.runtime import sinks  # noqa: E402
 from igldt.runtime.sinks import ResultWriter, write_palette_png  # noqa: E402
-from igldt.runtime.sources import Frame, LiveSource, StreamPolicy, open_source  # noqa: E402
+from igldt.runtime.live import LiveSource, StreamPolicy  # noqa: E402
+from igldt.runtime.sources import Frame, open_source  # noqa: E402
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 CLASSES = ["red", "green", "blue"]

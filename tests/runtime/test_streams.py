@@ -26,7 +26,7 @@ pytest.importorskip("onnxruntime")
 
 from igldt.runtime import DeployError  # noqa: E402
 from igldt.runtime.sinks import PARTIAL  # noqa: E402
-from igldt.runtime.sources import LiveSource, StreamPolicy  # noqa: E402
+from igldt.runtime.live import LiveSource, StreamPolicy  # noqa: E402
 
 from .test_runtime import _frame_count, tiny_onnx  # noqa: E402
 
