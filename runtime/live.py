@@ -19,11 +19,12 @@ from .sources import Frame, Source, open_decoder
 
 @dataclass(frozen=True)
 class StreamPolicy:
-    """How a live source rides out a camera or network that drops: an outage is a failed read, a lost
+    """How a live source rides out a camera or network that drops. An outage is a failed read, a lost
     device, or a stall (connected, no frame for `read_timeout` s: FFmpeg's read timeout ends the
-    blocked read, or the stream comes back first and the gap between two frames says so); the reader reconnects up to `retries` times, `backoff` s first, doubling to `MAX_BACKOFF`.
-    OpenCV's FFmpeg default for both timeouts is 30 s (LEADS: Frigate uses 10 s); a few seconds
-    tells an outage from a slow frame on any camera that sends at least one frame a second."""
+    blocked read, or the stream comes back first and the gap between two frames says so). The reader
+    reconnects up to `retries` times, `backoff` s first, doubling to `MAX_BACKOFF`. OpenCV's FFmpeg
+    default for both timeouts is 30 s (Frigate uses 10 s); a few seconds tells an outage from a slow
+    frame on any camera that sends at least one frame a second."""
     open_timeout: float = 10.0
     read_timeout: float = 3.0
     retries: int = 8
