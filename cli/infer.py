@@ -95,6 +95,7 @@ def infer(source, model, out, exist_ok, save_masks, raw_ids, save_overlay, save_
     if stream_timeout <= 0 or reconnect < 0 or (segment is not None and segment < 0):
         raise click.BadParameter("--stream-timeout must be > 0, --reconnect and --segment >= 0",
                                  param_hint="--stream-timeout/--reconnect/--segment")
+    quiet_video_logs()
     # Several workers share the cores: one engine thread each on a 2-core box, not 2 x 2 fighting.
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     try:
@@ -144,6 +145,16 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def quiet_video_logs() -> None:
+    """Keep FFmpeg's and OpenCV's own messages (a warning per failed reconnect, decoder complaints) off
+    the terminal: each outage is one line of ours. `OPENCV_FFMPEG_LOGLEVEL=24 igldt infer ...` shows
+    FFmpeg's warnings again (AV_LOG_* levels)."""
+    import cv2
+
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read when FFmpeg next opens
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def _note(message: str) -> None:
