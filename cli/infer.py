@@ -19,6 +19,8 @@ from .common import hint
 
 
 VIDEO_CODECS = {"avc1": "H.264 (avc1)", "H264": "H.264", "X264": "H.264", "mp4v": "mp4v (not for browsers)"}
+LIVE_SEGMENT_S = 60.0  # --segment's default for cameras and streams: a kill loses at most a minute of video
+_TERMINATED = []       # set by the SIGTERM handler: the summary names what stopped the run
 
 
 def parse_imgsz(value: str) -> int | tuple[int, int] | str | None:
@@ -123,10 +125,6 @@ def infer(source, model, out, exist_ok, save_masks, raw_ids, save_overlay, save_
     if writer.written and (save_masks or save_overlay or save_video):
         click.secho(f"Results saved to {run_dir}", fg="green")
         hint(f"igldt evaluate --engine {model} --data ROOT --dataset NAME")
-
-
-LIVE_SEGMENT_S = 60.0  # --segment's default for cameras and streams: a kill loses at most a minute of video
-_TERMINATED = []      # set by the SIGTERM handler: the summary names what stopped the run
 
 
 @contextmanager
