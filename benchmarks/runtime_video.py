@@ -47,7 +47,7 @@ def profile_stages(p, video: Path, tmp: Path) -> dict:
     BGR->RGB for the engine, the predictor (pre, engine, post), the overlay drawn on the BGR frame, and
     the encoder."""
     from igldt.runtime.sinks import open_video_writer, overlay
-    from igldt.runtime.sources import open_decoder
+    from igldt.runtime.frames import open_decoder
 
     cap = open_decoder(str(video))
     cpu: dict[str, float] = {}

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .errors import DeployError, print_note
-from .sources import Frame, Source, open_decoder
+from .frames import Frame, Source, open_decoder
 
 
 @dataclass(frozen=True)

@@ -8,67 +8,25 @@ from __future__ import annotations
 import glob
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
 
 import cv2
 import numpy as np
 
 from .errors import DeployError, print_note
+from .frames import STREAM_PREFIXES, Frame, Source, open_decoder
+from .live import LiveSource, StreamPolicy
 from .preprocess import CONVERSION_NOTES, decode_image, read_image, to_rgb8
 
-if TYPE_CHECKING:
-    from .live import StreamPolicy
+__all__ = ["Frame", "Source", "ImageSource", "VideoSource", "LiveSource", "StreamPolicy", "open_source", "list_images"]
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"}
-STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
-
-
-@dataclass
-class Frame:
-    image: np.ndarray   # HxWx3 uint8 RGB
-    name: str           # file stem, or <source>_<frame index>
-    index: int          # position in the source (frames skipped by --vid-stride still count)
-    path: str = ""      # the file it came from, when there is one
-    bgr: np.ndarray | None = None  # the decoded BGR frame of a video or stream: the video sink draws on it
-                                   # without converting `image` back
 
 
 def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-
-
-# One FFmpeg decoding thread: the engine's threads already fill the cores, and FFmpeg's frame threads
-# cost CPU to hand frames over: a 360x480 mp4v frame took 0.71 ms of CPU on one thread against 1.12 ms
-# at FFmpeg's default (benchmarks/runtime_video.py --profile, 2026-12-07).
-DECODE_THREADS = 1
-
-
-def open_decoder(target: str, params: list[int] = ()) -> cv2.VideoCapture:
-    """A video file or stream opened with FFmpeg (`params`: OpenCV open-time properties) on
-    DECODE_THREADS threads; whatever OpenCV picks where FFmpeg cannot open it."""
-    cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, [*params, cv2.CAP_PROP_N_THREADS, DECODE_THREADS])
-    if cap.isOpened() or target.lower().startswith(STREAM_PREFIXES):
-        return cap
-    cap.release()
-    return cv2.VideoCapture(target)
-
-
-class Source:
-    kind = "images"      # images | video | camera | stream
-    live = False
-    fps: float | None = None
-    count: int | None = None   # frames this source will yield, when known
-    size: tuple[int, int] | None = None  # (H, W) of frames, when known
-
-    def __iter__(self) -> Iterator[Frame]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
 
 
 class ImageSource(Source):
@@ -146,7 +104,6 @@ def open_source(spec: str | int | os.PathLike, vid_stride: int = 1, convert_imag
     """Image, folder (recursive), glob, video file, camera index (int or digits) or stream URL.
     `convert_images`: grayscale, RGBA and 16-bit image files become 8-bit RGB (noted once per kind).
     `policy`: timeouts and reconnects of a camera or stream."""
-    from .live import LiveSource, StreamPolicy  # live imports this module
     policy = policy or StreamPolicy()
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
         return LiveSource(int(spec), vid_stride, policy, note)
