@@ -37,6 +37,11 @@ READ_TRIES = 3
 MAX_BACKOFF = 8.0  # s between reconnect attempts, at most: a camera that comes back is found within it
 
 
+def clock(t: float) -> str:
+    """A time.time() as the local wall-clock time the outage lines name."""
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
 @dataclass(frozen=True)
 class Outage:
     began: float      # time.time() of the last frame before it
@@ -44,8 +49,7 @@ class Outage:
     missed: int       # frames the source would have sent meanwhile, at its frame rate
 
     def line(self, what: str) -> str:
-        when = time.strftime("%H:%M:%S", time.localtime(self.began))
-        return f"{what}: outage at {when}, lasted {self.lasted:.1f}s, ~{self.missed} frames missed; resumed"
+        return f"{what}: outage at {clock(self.began)}, lasted {self.lasted:.1f}s, ~{self.missed} frames missed; resumed"
 
 
 class LiveSource(Source):
@@ -144,8 +148,7 @@ class LiveSource(Source):
         self.cap.release()
         self.cap = self._reconnect()
         if self.cap is None and not self._stop.is_set():
-            when = time.strftime("%H:%M:%S", time.localtime(down))
-            self.error = DeployError(f"{self.what} lost at {when} and not back after {self.policy.retries} reconnect "
+            self.error = DeployError(f"{self.what} lost at {clock(down)} and not back after {self.policy.retries} reconnect "
                                      f"attempts ({time.time() - down:.0f}s); check the camera and the network")
         return self.cap is not None
 
