@@ -120,6 +120,14 @@ def supervised_loss(logits: torch.Tensor, target: torch.Tensor, opts: "LossConfi
     return supervised_ce(logits, target)
 
 
+def _excluded(target: torch.Tensor | None, valid: torch.Tensor | None) -> torch.Tensor | None:
+    """The pixels no pseudo-label term may use: ground-truth ignore and crop padding (None: none)."""
+    ignore = None if target is None else target == IGNORE_INDEX
+    if valid is not None:
+        ignore = ~valid if ignore is None else ignore | ~valid
+    return ignore
+
+
 def pseudo_label_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, threshold: float | None = None,
                     target: torch.Tensor | None = None, valid: torch.Tensor | None = None,
                     class_weight: torch.Tensor | None = None, soft: bool = False,
@@ -137,9 +145,7 @@ def pseudo_label_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     rule (U1): the teachers' weight grows with their confidence instead of a few sure pixels carrying
     the whole term.
     """
-    ignore = None if target is None else target == IGNORE_INDEX
-    if valid is not None:
-        ignore = ~valid if ignore is None else ignore | ~valid
+    ignore = _excluded(target, valid)
     if per_valid and threshold is not None and not soft:
         if class_weight is not None:
             raise ValueError("method.threshold_rule=valid takes unweighted CE")
@@ -153,6 +159,25 @@ def pseudo_label_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
         raise ValueError("class-weighted CE takes hard labels; soft pseudo-targets have no class per pixel")
     # the hard labels' ignore pixels (threshold, ground-truth ignore, padding) are the soft term's too
     return _soft_ce(student_logits, teacher_logits.detach().float().softmax(1), labels == IGNORE_INDEX)
+
+
+def student_pseudo_ce(student_logits: torch.Tensor, teacher: dict, opts: "LossConfig",
+                      target: torch.Tensor | None = None, valid: torch.Tensor | None = None,
+                      class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(7) / (12) One teacher's pseudo-label CE in the student's loss, as `method.pseudo_loss` chooses:
+    `ce` (METHOD.md, `pseudo_label_ce`), `ohem` (a deviation: `ohem_ce` against the teacher's labels)
+    or `median_freq` (a deviation: each pixel weighted by its pseudo-label's median-frequency weight
+    `class_weight`, from the labelled images). The teachers label the pool's thin and rare classes
+    as their neighbours (docs/experiments.md, section 25); weighted, a pixel taught "building" moves
+    the student less than one taught "fence"."""
+    t = teacher_pseudo_logits(teacher)
+    if opts.pseudo_loss == "ohem":
+        labels = pseudo_labels(t, opts.threshold, _excluded(target, valid))
+        return ohem_ce(student_logits, labels, opts.ohem_threshold, opts.ohem_min_kept)
+    if opts.pseudo_loss == "median_freq" and class_weight is None:
+        raise ValueError("method.pseudo_loss=median_freq needs the labelled set's class weights")
+    weight = class_weight.to(student_logits.device) if opts.pseudo_loss == "median_freq" else None
+    return pseudo_label_ce(student_logits, t, opts.threshold, target, valid, weight, opts.soft, opts.per_valid)
 
 
 def aligned_logits(logits: torch.Tensor, prior: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
@@ -273,6 +298,7 @@ class LossConfig:
     cps_threshold: float | None = None
     pseudo_targets: str = "hard"
     sup_loss: str = "ce"
+    pseudo_loss: str = "ce"
     ohem_threshold: float = 0.7
     ohem_min_kept: int = 20000
     unimatch_threshold: float = 0.95
@@ -291,6 +317,10 @@ class LossConfig:
                 raise ValueError(f"method.{key}={getattr(method, key)}: a value in [0, 1]")
         if method.ohem_min_kept < 1:
             raise ValueError(f"method.ohem_min_kept={method.ohem_min_kept}: at least 1 pixel")
+        if method.pseudo_loss != "ce" and (method.pseudo_targets == "soft" or method.threshold_rule == "valid"):
+            raise ValueError(f"method.pseudo_loss={method.pseudo_loss} takes hard pseudo-labels averaged over the "
+                             "pixels kept: set method.pseudo_targets=hard and method.threshold_rule=kept, or "
+                             "method.pseudo_loss=ce")
         if method.cps_class_ratio and method.cps_class_power is None:
             raise ValueError("method.cps_class_ratio=true weighs by (labelled / pseudo-label frequency)^p: "
                              "set method.cps_class_power too (e.g. 0.5)")
@@ -301,7 +331,7 @@ class LossConfig:
                    single_state=method.single_state, cps_class_power=method.cps_class_power,
                    cps_class_ratio=method.cps_class_ratio, cps_threshold=method.cps_threshold,
                    pseudo_targets=method.pseudo_targets,
-                   sup_loss=method.sup_loss, ohem_threshold=method.ohem_threshold, ohem_min_kept=method.ohem_min_kept,
+                   sup_loss=method.sup_loss, pseudo_loss=method.pseudo_loss, ohem_threshold=method.ohem_threshold, ohem_min_kept=method.ohem_min_kept,
                    unimatch_threshold=method.unimatch_threshold, unimatch_fp_dropout=method.unimatch_fp_dropout)
 
     @property
@@ -367,47 +397,47 @@ def unlabelled_feature_loss(iteration: int, s: dict, t_su: dict, t_ru: dict, opt
 
 
 def labelled_loss(s: dict, t_su: dict, t_ru: dict, target: torch.Tensor,
-                  opts: LossConfig, sup=supervised_ce) -> tuple[torch.Tensor, dict]:
+                  opts: LossConfig, sup=supervised_ce,
+                  class_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """(8) L_l = L_sup + CE(S, Y_SU) + CE(S, Y_RU) on labelled images (GT ignore pixels excluded).
 
     The `pseudo` ablation switch names L_P^u (Table 3), the unlabelled pseudo-label term; the
     labelled pseudo-label CE of (7), L_P^l, has its own switch (`method.pseudo_labelled`, on as in
     METHOD.md): off, labelled images teach the student their ground truth alone.
     `sup`: (6) itself, `supervised_ce`, or its `method.sup_loss` variant (`supervised_loss`).
+    `class_weight`: the labelled set's median-frequency weights, for `method.pseudo_loss: median_freq`.
     """
     sup = sup(s["logits"], target)
     if not opts.pseudo_labelled:
         return sup, {"sup": sup.detach()}
-    pl = (pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_su), opts.threshold, target, soft=opts.soft,
-                          per_valid=opts.per_valid)
-          + pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_ru), opts.threshold, target, soft=opts.soft,
-                            per_valid=opts.per_valid))
+    pl = sum(student_pseudo_ce(s["logits"], t, opts, target, class_weight=class_weight) for t in (t_su, t_ru))
     return sup + pl, {"sup": sup.detach(), "pl_l": pl.detach()}
 
 
 def unlabelled_loss(iteration: int, s: dict, t_su: dict, t_ru: dict, opts: LossConfig,
-                    valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                    valid: torch.Tensor | None = None,
+                    class_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """(13) L_u = Swap(L_s1, L_s2) + CE(S, Y_SU) + CE(S, Y_RU) on unlabelled images ((12): the CE terms).
 
     `valid` (B x H x W bool, optional): False on crop padding, which holds no image; those pixels are
-    excluded like ignore pixels (from the CE terms, the GAP of L_Glo and the average of L_Dis)."""
+    excluded like ignore pixels (from the CE terms, the GAP of L_Glo and the average of L_Dis).
+    `class_weight`: as in `labelled_loss`."""
     loss, terms = unlabelled_feature_loss(iteration, s, t_su, t_ru, opts, valid)
     if "pseudo" in opts.losses:
-        pl = (pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_su), opts.threshold, valid=valid, soft=opts.soft,
-                              per_valid=opts.per_valid)
-              + pseudo_label_ce(s["logits"], teacher_pseudo_logits(t_ru), opts.threshold, valid=valid, soft=opts.soft,
-                                per_valid=opts.per_valid))
+        pl = sum(student_pseudo_ce(s["logits"], t, opts, valid=valid, class_weight=class_weight) for t in (t_su, t_ru))
         loss, terms["pl_u"] = loss + pl, pl.detach()
     return loss, terms
 
 
 def total_loss(iteration: int, s_l: dict, t_su_l: dict, t_ru_l: dict, target: torch.Tensor,
                s_u: dict, t_su_u: dict, t_ru_u: dict, opts: LossConfig,
-               valid_u: torch.Tensor | None = None, sup=supervised_ce) -> tuple[torch.Tensor, dict]:
+               valid_u: torch.Tensor | None = None, sup=supervised_ce,
+               class_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """(14) L = L_l + L_u. `s_*`, `t_*` are model outputs {"logits", "features"} on the labelled
-    (`_l`) and unlabelled (`_u`) images; `valid_u` marks the unlabelled pixels holding image."""
-    l_l, terms = labelled_loss(s_l, t_su_l, t_ru_l, target, opts, sup)
-    l_u, terms_u = unlabelled_loss(iteration, s_u, t_su_u, t_ru_u, opts, valid_u)
+    (`_l`) and unlabelled (`_u`) images; `valid_u` marks the unlabelled pixels holding image;
+    `class_weight`: the pseudo-label terms' weights (`student_pseudo_ce`)."""
+    l_l, terms = labelled_loss(s_l, t_su_l, t_ru_l, target, opts, sup, class_weight)
+    l_u, terms_u = unlabelled_loss(iteration, s_u, t_su_u, t_ru_u, opts, valid_u, class_weight)
     loss = l_l + l_u
     return loss, {**terms, **terms_u, "state": torch.tensor(float(swap_state(iteration))), "loss": loss.detach()}
 

@@ -118,6 +118,27 @@ def test_median_frequency_weights_by_hand():
         L.supervised_loss(logits, target, _opts(sup_loss="median_freq"))
 
 
+def test_student_pseudo_label_terms_as_pseudo_loss_chooses():
+    """(7)/(12) with `method.pseudo_loss`: the teacher's argmax labels (0, 1, 1, and a padding pixel
+    left out), then plain CE, median-frequency weighted CE, or OHEM over the student's hard pixels."""
+    teacher = {"logits": torch.tensor([[[[4.0, 0.0, 0.0, 5.0]], [[0.0, 3.0, 2.0, 0.0]]]])}  # 1 x 2 x 1 x 4
+    p_true = [0.9, 0.4, 0.6]  # the student's probability of each valid pixel's pseudo-label
+    student = torch.tensor([[[[math.log(0.9 / 0.1), math.log(0.6 / 0.4), math.log(0.4 / 0.6), 0.0]],
+                             [[0.0, 0.0, 0.0, 0.0]]]])
+    valid = torch.tensor([[[True, True, True, False]]])
+    ce = [-math.log(p) for p in p_true]
+    w = torch.tensor([0.5, 2.0])
+    got = {k: L.student_pseudo_ce(student, teacher, _opts(pseudo_loss=k, ohem_min_kept=1), valid=valid,
+                                  class_weight=w).item() for k in ("ce", "median_freq", "ohem")}
+    assert got["ce"] == pytest.approx(sum(ce) / 3, rel=1e-5)
+    assert got["median_freq"] == pytest.approx((0.5 * ce[0] + 2 * ce[1] + 2 * ce[2]) / 4.5, rel=1e-5)
+    assert got["ohem"] == pytest.approx((ce[1] + ce[2]) / 2, rel=1e-5)  # 0.4 and 0.6 are below 0.7
+    with pytest.raises(ValueError, match="class weights"):
+        L.student_pseudo_ce(student, teacher, _opts(pseudo_loss="median_freq"), valid=valid)
+    with pytest.raises(ValueError, match="pseudo_targets=hard"):
+        _opts(pseudo_loss="ohem", pseudo_targets="soft")
+
+
 def test_feature_perturbed_decode_leaves_the_clean_prediction():
     from igldt.models import build_segmenter
 

@@ -123,6 +123,7 @@ class MethodConfig:
     threshold_rule: ThresholdRule
     pseudo_targets: PseudoTargets
     sup_loss: SupLoss
+    pseudo_loss: SupLoss
     ohem_threshold: float
     ohem_min_kept: int
     teacher_recipe: TeacherRecipe

@@ -291,8 +291,9 @@ def default_out_dir(stage: str) -> Path:
 
 
 def label_weights(cfg: Config, labelled_loader, classes: int) -> torch.Tensor | None:
-    """(6)'s median-frequency class weights over the labelled images, where `method.sup_loss` asks for them."""
-    if cfg.method.sup_loss != "median_freq":
+    """Median-frequency class weights over the labelled images, where `method.sup_loss` ((6)) or
+    `method.pseudo_loss` ((7), (12)) asks for them."""
+    if "median_freq" not in (cfg.method.sup_loss, cfg.method.pseudo_loss):
         return None
     ds = labelled_loader.dataset.ds
     return median_frequency_weights((ds.load_mask(i) for i in range(len(ds))), classes)

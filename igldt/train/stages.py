@@ -99,7 +99,7 @@ class Stage:
                              "teachers' CPS can use it); set data.cutmix=false for this stage")
         self.cfg = cfg
         self.opts = L.LossConfig.from_cfg(cfg.method)
-        self.class_weight = class_weight  # (6)'s median-frequency weights (method.sup_loss: median_freq)
+        self.class_weight = class_weight  # median-frequency weights (method.sup_loss / pseudo_loss: median_freq)
         self._raw = dict(trainable)
         self.run: dict[str, nn.Module] = dict(trainable)  # what step() calls: DDP-wrapped when distributed
         self.frozen: dict[str, nn.Module] = {}
@@ -401,7 +401,7 @@ class StudentStage(Stage):
             su, ru = self.aligner(batch_l["mask"], [su, ru], n, batch_u.get("valid"))
         (s_l, s_u), (su_l, su_u), (ru_l, ru_u) = _split(s, n), _split(su, n), _split(ru, n)
         return L.total_loss(iteration, s_l, su_l, ru_l, batch_l["mask"], s_u, su_u, ru_u, self.opts,
-                            batch_u.get("valid"), self.sup)
+                            batch_u.get("valid"), self.sup, self.class_weight)
 
 
 class UniMatchStage(Stage):

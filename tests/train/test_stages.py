@@ -189,6 +189,34 @@ def test_alignment_tracks_the_class_frequencies_and_resumes():
                      build_role(plain, "local_teacher", 3)).load_state_dict(state)
 
 
+def test_student_weighs_its_pseudo_labels_with_the_label_weights():
+    """method.pseudo_loss=median_freq: the student stage hands the labelled set's weights to (7) and
+    (12) (a different loss from plain CE on the same batch), and refuses to run without them."""
+    import torch
+    from igldt.config import load_config
+    from igldt.models import build_role
+    from igldt.train.stages import StudentStage
+    small = ["model.student={backbone: resnet18}", "model.global_teacher={backbone: resnet18}",
+             "model.local_teacher={backbone: resnet18}", "method.grid=4"]
+    gen = torch.Generator().manual_seed(0)
+    bl = {"image": torch.randn(2, 3, 32, 48, generator=gen), "mask": torch.randint(0, 3, (2, 32, 48), generator=gen)}
+    bu = {"image": torch.randn(2, 3, 32, 48, generator=gen)}
+    losses = {}
+    for name, weight in (("ce", None), ("median_freq", torch.tensor([0.2, 1.0, 5.0]))):
+        cfg = load_config("demo", [f"method.pseudo_loss={name}", *small])
+        torch.manual_seed(0)
+        stage = StudentStage(cfg, build_role(cfg, "student", 3), build_role(cfg, "global_teacher", 3),
+                             build_role(cfg, "local_teacher", 3), class_weight=weight)
+        stage.train()
+        _, terms = stage.step(bl, bu, 1)
+        losses[name] = (terms["sup"].item(), terms["pl_u"].item())
+    assert losses["ce"][0] == pytest.approx(losses["median_freq"][0])  # (6) stays plain CE
+    assert losses["ce"][1] != pytest.approx(losses["median_freq"][1])
+    with pytest.raises(ValueError, match="class weights"):
+        stage.class_weight = None
+        stage.step(bl, bu, 1)
+
+
 def test_class_balanced_cps_counts_labels_from_the_start_and_resumes():
     """method.cps_class_power: the teachers stage keeps the labelled class frequency from its first
     (warm-up) step, weighs the cross CE by it once CPS starts, and saves it for a resume."""
