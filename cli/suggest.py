@@ -66,14 +66,19 @@ def refuse_overwrite(out: Path, exist_ok: bool) -> None:
 @click.option("--diverse/--no-diverse", default=True, show_default=True,
               help="Pick from the --shortlist x count best-ranked images those far apart (pooled decoder "
                    "features): near-duplicate video frames give one pick, not several.")
+# the choices are suggest.DIVERSITY, written out: importing igldt.suggest loads torch (tests check they agree)
+@click.option("--diversity", type=click.Choice(["kcenter", "clusters"]), default="kcenter", show_default=True,
+              help="With --diverse: kcenter: from the --shortlist, picks far apart; clusters: the pool in --count "
+                   "k-means clusters of its features, the highest-scored image of each (picks follow the pool's "
+                   "make-up).")
 @click.option("--shortlist", type=click.IntRange(min=1), default=3, show_default=True,
               help="With --diverse: how many times --count best-ranked images the picks come from.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --method random.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/suggest"), show_default=True)
 @click.option("--exist-ok", is_flag=True, help="Replace the outputs of an earlier suggest in --out.")
-def suggest(teachers, weights, data, dataset, preset, overrides, count, method, diverse, shortlist, seed, device,
-            out, exist_ok) -> None:
+def suggest(teachers, weights, data, dataset, preset, overrides, count, method, diverse, diversity, shortlist, seed,
+            device, out, exist_ok) -> None:
     """Rank the unlabelled pool and write the images to label next.
 
     Writes OUT/suggested.txt (the picks' ids, the split-list format `igldt train` reads), OUT/labeled.txt
@@ -116,11 +121,12 @@ def suggest(teachers, weights, data, dataset, preset, overrides, count, method, 
     classes = list(meta.get("classes") or pool.classes)
     with tqdm(total=len(pool), desc="suggest", unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         result = S.score_pool(networks, pool, mean, std, dev, progress=lambda i: bar.update(1))
-    picks, order = S.suggest(result, count, method, diverse, shortlist, seed)
+    picks, order = S.suggest(result, count, method, diverse, shortlist, seed, diversity)
     diverse = diverse and method != "random"
 
     out.mkdir(parents=True, exist_ok=True)
-    header = (f"# igldt suggest: {count} images by {method}{', diverse' if diverse else ''} from "
+    spread = (f"diverse ({diversity})" if diversity == "clusters" else "diverse") if diverse else ""
+    header = (f"# igldt suggest: {count} images by {method}{', ' + spread if diverse else ''} from "
               f"{teachers or weights}; append to your labelled list and train again\n")
     write_text_atomic(out / "suggested.txt", header + "".join(f"{result.ids[i]}\n" for i in picks))
     write_text_atomic(out / "labeled.txt", "".join(f"{i}\n" for i in [*labelled.ids, *(result.ids[i] for i in picks)]))
@@ -136,7 +142,8 @@ def suggest(teachers, weights, data, dataset, preset, overrides, count, method, 
     write_png(out / "suggested.png", S.draw_sheet(rows, len(networks) == 2, classes, palette, 320))
 
     click.secho(f"{len(picks)} of {len(pool)} unlabelled images by {method}"
-                + (f", diverse (from the {shortlist * count} best)" if diverse else "")
+                + ((f", diverse (from the {shortlist * count} best)" if diversity == "kcenter" else
+                    f", one from each of {count} clusters of the pool") if diverse else "")
                 + f"; closest two picks {S.closest_pair(result.features[picks]):.3f} apart (cosine distance of "
                   f"pooled features; the pool's median nearest neighbour {S.median_nearest(result.features):.3f})",
                 bold=True)

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,8 @@ SCORES = ("disagreement", "balanced", "kl", "entropy")  # the columns every scor
 TEACHERLESS = ("entropy", "random")                     # the methods one network can serve
 FEATURE_GRID = 2   # decoder features pooled to 2x2 per network: the scene's layout, ~2 KB an image
 SHORTLIST = 3      # diverse picks come from the 3 x count best-ranked images
+DIVERSITY = ("kcenter", "clusters")  # how --diverse spreads the picks: diverse_picks | cluster_picks
+KMEANS_ITERS, KMEANS_ATTEMPTS = 100, 4  # cluster_picks' k-means: iterations per attempt, seeded restarts
 EPS = 1e-8
 
 
@@ -141,6 +144,27 @@ def diverse_picks(order: Sequence[int], scores: np.ndarray, features: np.ndarray
     return picks
 
 
+def cluster_picks(scores: np.ndarray, features: np.ndarray, count: int, seed: int = 0) -> list[int]:
+    """Representative picks: the whole pool's descriptors in `count` k-means clusters (OpenCV's
+    k-means++, seeded, cosine geometry through L2-normalised rows), and from each cluster the image its
+    score ranks highest; the picks in score order. The clusters follow the pool's density, so a
+    recording holding half of the pool gets about half of the picks, each the image the teachers find
+    hardest in its part of the pool, and no two picks share a cluster (a run of neighbouring frames
+    gives at most one). The cluster-then-uncertainty recipe of Citovsky et al. (2021, cluster-margin)
+    and TypiClust (Hacohen et al. 2022): the shortlist's k-center can fill every pick from the one
+    condition the teachers find hardest (docs/labelling.md)."""
+    x = features / np.linalg.norm(features, axis=1, keepdims=True).clip(EPS)
+    k = min(count, len(x))
+    cv2.setRNGSeed(seed)
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, KMEANS_ITERS, 1e-6)
+    _, labels, _ = cv2.kmeans(x.astype(np.float32), k, None, criteria, KMEANS_ATTEMPTS, cv2.KMEANS_PP_CENTERS)
+    labels = labels[:, 0]
+    picks = [int(np.flatnonzero(labels == c)[np.argmax(scores[labels == c])]) for c in np.unique(labels)]
+    # duplicates can leave a cluster empty: the rest by score
+    picks += [int(i) for i in np.argsort(-scores, kind="stable") if int(i) not in picks][:count - len(picks)]
+    return sorted(picks, key=lambda i: (-scores[i], i))
+
+
 def median_nearest(features: np.ndarray, chunk: int = 1024) -> float:
     """The median over the rows of the cosine distance to the nearest other row (in chunks of rows:
     memory chunk x N): how far apart neighbouring frames of the pool are."""
@@ -218,13 +242,17 @@ def score_pool(networks: Sequence[torch.nn.Module], pool, mean, std, device="cpu
 
 
 def suggest(result: PoolResult, count: int, method: str, diverse: bool, shortlist: int = SHORTLIST,
-            seed: int = 0) -> tuple[list[int], np.ndarray]:
-    """(picked pool indices in order, the full ranking)."""
+            seed: int = 0, diversity: str = "kcenter") -> tuple[list[int], np.ndarray]:
+    """(picked pool indices in order, the full ranking). `diversity`: see DIVERSITY."""
     if not 0 < count <= len(result.ids):
         raise ValueError(f"--count {count}: the pool holds {len(result.ids)} images; ask for 1 to {len(result.ids)}")
+    if diversity not in DIVERSITY:
+        raise ValueError(f"diversity '{diversity}': one of {', '.join(DIVERSITY)}")
     order = ranking(result.scores, method, seed)
     if not diverse or method == "random":
         return [int(i) for i in order[:count]], order
+    if diversity == "clusters":
+        return cluster_picks(result.scores[method], result.features, count, seed), order
     return diverse_picks(order, result.scores[method], result.features, count, shortlist), order
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from camvid_table import REPO, machine, record_machine, sh, vals
 
-# row -> (suggest --method, diverse); random rows are drawn several times (--draws)
-PICKS = {"random": ("random", False), "disagreement": ("disagreement", False),
-         "disagreement + diversity": ("disagreement", True), "balanced + diversity": ("balanced", True),
-         "entropy": ("entropy", False)}
+# row -> (suggest --method, --diversity or None for --no-diverse); random rows are drawn several times (--draws)
+PICKS = {"random": ("random", None), "disagreement": ("disagreement", None),
+         "disagreement + diversity": ("disagreement", "kcenter"), "balanced + diversity": ("balanced", "kcenter"),
+         "disagreement + clusters": ("disagreement", "clusters"), "entropy": ("entropy", None)}
 DEFAULT_ROWS = ("random", "disagreement", "disagreement + diversity", "entropy")
 DEFAULT_PICKS = "disagreement + diversity"  # what `igldt suggest --teachers` picks without options
 STUDENT = "student"  # run folder of the IGL-DT student on the default picks (--student)
@@ -49,10 +49,11 @@ def pick_sets(rows, draws: int) -> list[tuple[str, str, int | None]]:
 
 
 def suggest_cmd(args, name: str, row: str, draw: int | None, out: Path) -> list[str]:
-    method, diverse = PICKS[row]
+    method, diversity = PICKS[row]
+    spread = ["--diverse", "--diversity", diversity] if diversity else ["--no-diverse"]
     return [sys.executable, "-m", "igldt.cli.main", "suggest", "--teachers", args.teachers, "--data", args.data,
             "--dataset", args.dataset, "--preset", args.preset, "-o", f"data.fraction={args.fraction_value}",
-            "--count", str(args.count), "--method", method, "--diverse" if diverse else "--no-diverse",
+            "--count", str(args.count), "--method", method, *spread,
             "--seed", str(draw or 0), "--device", args.device, "--out", str(out / "picks" / name), "--exist-ok"]
 
 

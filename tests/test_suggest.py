@@ -73,6 +73,29 @@ def test_diversity_drops_an_exact_duplicate_and_spreads_the_picks():
     assert S.median_nearest(f, chunk=2) == pytest.approx(1 - 0.9 / math.hypot(0.9, 0.1), abs=1e-9)
 
 
+def test_cluster_picks_take_the_best_of_each_part_of_the_pool():
+    """Two groups of images far apart, 6 and 3 of them; the 3 best scores all in the large one. Two
+    picks by score alone take both from it; one per cluster takes each group's best. Exact duplicates
+    share a cluster, so a duplicate of a pick comes only when there are more clusters than distinct images."""
+    rng = np.random.default_rng(0)
+    big = np.array([1.0, 0.0, 0.0]) + rng.normal(0, 0.01, (6, 3))
+    small = np.array([0.0, 1.0, 0.0]) + rng.normal(0, 0.01, (3, 3))
+    f = np.concatenate([big, small])
+    scores = np.array([0.5, 0.9, 0.8, 0.7, 0.1, 0.2, 0.3, 0.6, 0.4])
+    assert S.cluster_picks(scores, f, 2) == [1, 7]
+    assert S.cluster_picks(scores, f, 2, seed=5) == [1, 7]  # the seed moves k-means' start, not this answer
+    dup = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert S.cluster_picks(np.array([0.9, 0.8, 0.7, 0.1]), dup, 2) == [0, 3]
+    three = S.cluster_picks(np.array([0.9, 0.8, 0.7, 0.1]), dup, 3)  # more clusters than distinct points
+    assert three[0] == 0 and 3 in three and len(set(three)) == 3
+    result = S.PoolResult([str(i) for i in range(9)], [], f, {"disagreement": scores})
+    assert S.suggest(result, 2, "disagreement", True, diversity="clusters")[0] == [1, 7]
+    from igldt.cli.suggest import suggest as cli_suggest
+    assert tuple(next(o for o in cli_suggest.params if o.name == "diversity").type.choices) == S.DIVERSITY
+    with pytest.raises(ValueError, match="diversity 'nearest'"):
+        S.suggest(result, 2, "disagreement", True, diversity="nearest")
+
+
 @pytest.fixture(scope="module")
 def teachers_file(tmp_path_factory, tiny_demo):
     """Two untrained ResNet-18 teachers saved as the teachers stage would, their config naming tiny_demo
