@@ -45,18 +45,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("supervised", "teachers", "student", "cps", "supervised-long", "unimatch", "teachers-unimatch",
           "supervised-ohem", "supervised-mf", "teachers-cps-t095", "teachers-cps-w05", "student-valid095",
-          "student-ohem", "student-no-pool-pl", "student-ohem-mfpl")
+          "student-ohem", "student-no-pool-pl", "student-ohem-mfpl", "teachers-ohem-t095")
 DEFAULT_STAGES = STAGES[:4]  # the others (Sup-only at the teachers' budget, UniMatch, the variants) when asked for
 # Variants of a stage, one setting changed: the label-scarce issue's loss options and its diagnosis of CPS.
 VARIANTS = {"supervised-ohem": ["method.sup_loss=ohem"], "supervised-mf": ["method.sup_loss=median_freq"],
             "teachers-cps-t095": ["method.cps_threshold=0.95"], "teachers-cps-w05": ["method.cps_weight=0.5"],
             "student-valid095": ["method.threshold=0.95", "method.threshold_rule=valid"],
             "student-ohem": ["method.sup_loss=ohem"], "student-no-pool-pl": ["method.losses=[glo,loc,dis]"],
-            "student-ohem-mfpl": ["method.sup_loss=ohem", "method.pseudo_loss=median_freq"]}
+            "student-ohem-mfpl": ["method.sup_loss=ohem", "method.pseudo_loss=median_freq"],
+            "teachers-ohem-t095": ["method.cps_threshold=0.95", "method.sup_loss=ohem"]}
 STAGE_OF = {"cps": "teachers", "supervised-long": "supervised", "teachers-unimatch": "teachers",  # the igldt stage
             "supervised-ohem": "supervised", "supervised-mf": "supervised", "teachers-cps-t095": "teachers",
             "teachers-cps-w05": "teachers", "student-valid095": "student",
-            "student-ohem": "student", "student-no-pool-pl": "student", "student-ohem-mfpl": "student"}
+            "student-ohem": "student", "student-no-pool-pl": "student", "student-ohem-mfpl": "student",
+            "teachers-ohem-t095": "teachers"}
 # table row -> (step, validated model) of its figure
 ROWS = {"Sup-only": ("supervised", "student"), "Sup-only, longest budget": ("supervised-long", "student"),
         "CPS (network 1)": ("cps", "global"), "CPS (network 2)": ("cps", "local"),
@@ -75,7 +77,10 @@ ROWS = {"Sup-only": ("supervised", "student"), "Sup-only, longest budget": ("sup
         "IGL-DT student, confidence rule (0.95)": ("student-valid095", "student"),
         "IGL-DT student, OHEM CE": ("student-ohem", "student"),
         "IGL-DT student, no pseudo-labels on the pool": ("student-no-pool-pl", "student"),
-        "IGL-DT student, OHEM CE + weighted pseudo-labels": ("student-ohem-mfpl", "student")}
+        "IGL-DT student, OHEM CE + weighted pseudo-labels": ("student-ohem-mfpl", "student"),
+        "T_SU, OHEM CE + CPS confidence rule": ("teachers-ohem-t095", "global"),
+        "T_RU, OHEM CE + CPS confidence rule": ("teachers-ohem-t095", "local"),
+        "ensemble, OHEM CE + CPS confidence rule": ("teachers-ohem-t095", "ensemble")}
 DONE = "done.json"    # per finished step: {"wall": seconds, "command": ...}; a rerun skips the step
 KEEP_BELOW = "<!-- written above by scripts/camvid_table.py; kept below -->"
 VAL_EVERY = 200       # every stage validates every 200 iterations; best.pt is the best of these
