@@ -255,6 +255,14 @@ def pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
 
+def best_row(found: dict[int, dict], seeds: list[int], rows: list[str], stage: str) -> str | None:
+    """The row of igldt stage `stage` (student, supervised) with the highest mean over the seeds it has."""
+    def mean(r: str) -> float:
+        return statistics.mean(v for v in (found[s]["val"][r] for s in seeds) if v is not None)
+    candidates = [r for r in rows if STAGE_OF.get(ROWS[r][0], ROWS[r][0]) == stage]
+    return max(candidates, key=mean) if candidates else None
+
+
 def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path, budget: float = 1.0,
            iters: dict[str, int] | None = None, curve: Path | None = None) -> list[str]:
     from igldt.config import load_config
@@ -295,12 +303,15 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path,
         mentors = {found[s]["mentors"].get(ROWS[r][0]) for s in seeds} - {None}
         taught = f", taught by `{'`, `'.join(sorted(mentors))}`" if mentors else ""
         table.append(f"| {r} | {describe(backbone[r])}{taught} | " + " | ".join(pct(v) for v in vs) + f" | {stats(vs)} |")
-    for base in ("Sup-only", "Sup-only, longest budget", "UniMatch", "CPS (network 1)"):  # paired, seed by seed
-        pairs = [(found[s]["val"]["IGL-DT student"], found[s]["val"][base]) for s in seeds]
-        if any(a is None or b is None for a, b in pairs):
+    # Paired, seed by seed: the best student row against the best Sup-only row (the issue's bar), UniMatch
+    # and the CPS network of the student's backbone, on the seeds both have.
+    head, best_sup = best_row(found, seeds, rows, "student"), best_row(found, seeds, rows, "supervised")
+    for base in dict.fromkeys(b for b in (best_sup, "UniMatch", "CPS (network 1)") if b in rows):
+        gains = [None if found[s]["val"][head] is None or found[s]["val"][base] is None
+                 else found[s]["val"][head] - found[s]["val"][base] for s in seeds] if head else [None]
+        if all(g is None for g in gains):
             continue
-        gains = [a - b for a, b in pairs]
-        table.append(f"| **student - {base}** | | " + " | ".join(f"{100 * g:+.2f}" for g in gains)
+        table.append(f"| **{head} - {base}** | | " + " | ".join("" if g is None else f"{100 * g:+.2f}" for g in gains)
                      + f" | {stats(gains).replace('n/a', '')} |")
 
     with_iou = [r for r in rows if all(found[s]["iou"][r] for s in seeds)]
