@@ -86,22 +86,36 @@ KEEP_BELOW = "<!-- written above by scripts/camvid_table.py; kept below -->"
 VAL_EVERY = 200       # every stage validates every 200 iterations; best.pt is the best of these
 
 
-def sh(cmd: list[str], log: Path, done: Path) -> float:
-    """Run `cmd` (output to `log`) unless `done` records it finished; return its wall time; stop the
-    script on failure. An interrupted table restarts at the first step not done."""
+def sh(cmd: list[str], log: Path, done: Path, record: list[str] | None = None) -> float:
+    """Run `cmd` (output to `log`, appended to) unless `done` records it finished; return its wall time;
+    stop the script on failure. An interrupted table restarts at the first step not done. `record`: the
+    command written into `done` when `cmd` is its resumption."""
     if done.exists():
         print(f"done already: {done.parent}", flush=True)
         return float(json.loads(done.read_text())["wall"])
     print("$ " + shlex.join(cmd), flush=True)
     t0 = time.perf_counter()
-    with open(log, "w") as f:
+    with open(log, "a" if record else "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
     if proc.returncode != 0:
         sys.exit(f"command failed (exit {proc.returncode}); see {log}")
     wall = time.perf_counter() - t0
     done.parent.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps({"wall": wall, "command": shlex.join(["igldt", *cmd[3:]])}))
+    entry = {"wall": wall, "command": shlex.join(["igldt", *(record or cmd)[3:]])}
+    if record:  # the wall time is this part's: the cut part's was never recorded
+        entry["resumed"] = shlex.join(["igldt", *cmd[3:]])
+    done.write_text(json.dumps(entry))
     return wall
+
+
+def resumed(cmd: list[str], run: Path) -> list[str] | None:
+    """`cmd` (an `igldt train` step) continued from its run's last.pt when a cut run left one: the
+    same options without --preset (a resume takes the checkpoint's config; the -o overrides are the same)."""
+    last = REPO / run / "last.pt"
+    if not last.exists():
+        return None
+    i = cmd.index("--preset")
+    return [*cmd[:i], *cmd[i + 2:], "--resume", str(run / "last.pt")]
 
 
 def vals(run: Path) -> list[dict]:
@@ -175,9 +189,11 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
                        *[a for o in settings for a in ("-o", o)]] for step, settings in VARIANTS.items()}}
     scaled = budget_overrides(preset, overrides, budget, iters)
     for name in [s for s in STAGES if s in stages]:
-        cmd = igldt + ["train", "--stage", STAGE_OF.get(name, name), *common, "--out", str(out / f"seed{seed}" / name),
+        run = out / f"seed{seed}" / name
+        cmd = igldt + ["train", "--stage", STAGE_OF.get(name, name), *common, "--out", str(run),
                        *extra[name], *[a for o in scaled[name] for a in ("-o", o)]]
-        sh(cmd, folder / f"{name}.log", folder / name / DONE)
+        again = None if (REPO / run / DONE).exists() else resumed(cmd, run)  # a run cut by a session's end
+        sh(again or cmd, folder / f"{name}.log", REPO / run / DONE, record=cmd if again else None)
 
 
 def collect(out: Path) -> dict[int, dict]:

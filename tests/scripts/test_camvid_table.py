@@ -69,3 +69,22 @@ def test_table_at_a_tiny_fraction_on_the_demo_data(tiny_demo, tmp_path):
     assert (tmp_path / "results-curve.png").stat().st_size > 1000
     done = json.loads((tmp_path / "runs" / "seed0" / "unimatch" / "done.json").read_text())
     assert done["command"].startswith("igldt train --stage unimatch") and done["wall"] > 0
+
+
+def test_a_cut_step_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    """A step whose run folder holds last.pt but no done.json (the session ended in it) continues with
+    --resume and without --preset; done.json records the step's own command; a step never started runs
+    as it is."""
+    table = _table()
+    calls = []
+    monkeypatch.setattr(table, "sh", lambda cmd, log, done, record=None: calls.append((cmd, record)) or 0.0)
+    out = tmp_path / "runs"
+    (out / "seed0" / "supervised").mkdir(parents=True)
+    (out / "seed0" / "supervised" / "last.pt").write_bytes(b"")
+    table.run_seed(0, out, "demo", [], "cpu", stages=("supervised", "unimatch"))
+    (cut, record), (fresh, none) = calls
+    assert cut[cut.index("--resume") + 1] == str(out / "seed0" / "supervised" / "last.pt")
+    assert "--preset" not in cut and record[record.index("--preset") + 1] == "demo"
+    assert [a for a in cut if a != "--resume" and not a.endswith("last.pt")] == [
+        a for i, a in enumerate(record) if a != "--preset" and (i == 0 or record[i - 1] != "--preset")]
+    assert "--resume" not in fresh and none is None
