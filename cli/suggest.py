@@ -125,8 +125,8 @@ def suggest(teachers, weights, data, dataset, preset, overrides, count, method, 
     diverse = diverse and method != "random"
 
     out.mkdir(parents=True, exist_ok=True)
-    spread = (f"diverse ({diversity})" if diversity == "clusters" else "diverse") if diverse else ""
-    header = (f"# igldt suggest: {count} images by {method}{', ' + spread if diverse else ''} from "
+    spread = (", diverse" + (f" ({diversity})" if diversity == "clusters" else "")) if diverse else ""
+    header = (f"# igldt suggest: {count} images by {method}{spread} from "
               f"{teachers or weights}; append to your labelled list and train again\n")
     write_text_atomic(out / "suggested.txt", header + "".join(f"{result.ids[i]}\n" for i in picks))
     write_text_atomic(out / "labeled.txt", "".join(f"{i}\n" for i in [*labelled.ids, *(result.ids[i] for i in picks)]))

@@ -106,18 +106,24 @@ def ohem_ce(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.7, 
     return _ce(logits, target.masked_fill(~keep, IGNORE_INDEX))
 
 
+def chosen_ce(choice: str, key: str, logits: torch.Tensor, target: torch.Tensor, opts: "LossConfig",
+              class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """CE against `target` as the config's `method.<key>` (`choice`) asks: `ce`, `ohem` (`ohem_ce`) or
+    `median_freq`: each pixel weighted by its class's median-frequency weight `class_weight`
+    (`class_balance.median_frequency_weights`, the classic CamVid recipe of SegNet), a weighted mean."""
+    if choice == "ohem":
+        return ohem_ce(logits, target, opts.ohem_threshold, opts.ohem_min_kept)
+    if choice == "median_freq":
+        if class_weight is None:
+            raise ValueError(f"method.{key}=median_freq needs the labelled set's class weights")
+        return _ce(logits, target, class_weight.to(logits.device))
+    return _ce(logits, target)
+
+
 def supervised_loss(logits: torch.Tensor, target: torch.Tensor, opts: "LossConfig",
                     class_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """(6) as `method.sup_loss` chooses: `ce` (METHOD.md), `ohem` (`ohem_ce`) or `median_freq`:
-    each pixel weighted by its class's median-frequency weight `class_weight`
-    (`class_balance.median_frequency_weights`, the classic CamVid recipe of SegNet), a weighted mean."""
-    if opts.sup_loss == "ohem":
-        return ohem_ce(logits, target, opts.ohem_threshold, opts.ohem_min_kept)
-    if opts.sup_loss == "median_freq":
-        if class_weight is None:
-            raise ValueError("method.sup_loss=median_freq needs the labelled set's class weights")
-        return _ce(logits, target, class_weight.to(logits.device))
-    return supervised_ce(logits, target)
+    """(6) as `method.sup_loss` chooses (`chosen_ce`): `ce` is `supervised_ce`, METHOD.md's."""
+    return chosen_ce(opts.sup_loss, "sup_loss", logits, target, opts, class_weight)
 
 
 def _excluded(target: torch.Tensor | None, valid: torch.Tensor | None) -> torch.Tensor | None:
@@ -171,13 +177,11 @@ def student_pseudo_ce(student_logits: torch.Tensor, teacher: dict, opts: "LossCo
     as their neighbours (docs/experiments.md, section 25); weighted, a pixel taught "building" moves
     the student less than one taught "fence"."""
     t = teacher_pseudo_logits(teacher)
-    if opts.pseudo_loss == "ohem":
-        labels = pseudo_labels(t, opts.threshold, _excluded(target, valid))
-        return ohem_ce(student_logits, labels, opts.ohem_threshold, opts.ohem_min_kept)
-    if opts.pseudo_loss == "median_freq" and class_weight is None:
-        raise ValueError("method.pseudo_loss=median_freq needs the labelled set's class weights")
-    weight = class_weight.to(student_logits.device) if opts.pseudo_loss == "median_freq" else None
-    return pseudo_label_ce(student_logits, t, opts.threshold, target, valid, weight, opts.soft, opts.per_valid)
+    if opts.pseudo_loss == "ce":
+        return pseudo_label_ce(student_logits, t, opts.threshold, target, valid, soft=opts.soft,
+                               per_valid=opts.per_valid)
+    labels = pseudo_labels(t, opts.threshold, _excluded(target, valid))
+    return chosen_ce(opts.pseudo_loss, "pseudo_loss", student_logits, labels, opts, class_weight)
 
 
 def aligned_logits(logits: torch.Tensor, prior: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:

@@ -192,7 +192,7 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
         run = out / f"seed{seed}" / name
         cmd = igldt + ["train", "--stage", STAGE_OF.get(name, name), *common, "--out", str(run),
                        *extra[name], *[a for o in scaled[name] for a in ("-o", o)]]
-        again = None if (REPO / run / DONE).exists() else resumed(cmd, run)  # a run cut by a session's end
+        again = resumed(cmd, run)  # a run cut by a session's end (sh skips a step done already)
         sh(again or cmd, folder / f"{name}.log", REPO / run / DONE, record=cmd if again else None)
 
 
