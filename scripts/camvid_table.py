@@ -45,7 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("supervised", "teachers", "student", "cps", "supervised-long", "unimatch", "teachers-unimatch",
           "supervised-ohem", "supervised-mf", "teachers-cps-t095", "teachers-cps-w05", "student-valid095",
-          "student-ohem", "student-no-pool-pl", "student-ohem-mfpl", "teachers-ohem-t095")
+          "student-ohem", "student-no-pool-pl", "student-ohem-mfpl", "teachers-ohem-t095", "student-ohem-mfpl-ohem-teachers")
 DEFAULT_STAGES = STAGES[:4]  # the others (Sup-only at the teachers' budget, UniMatch, the variants) when asked for
 # Variants of a stage, one setting changed: the label-scarce issue's loss options and its diagnosis of CPS.
 VARIANTS = {"supervised-ohem": ["method.sup_loss=ohem"], "supervised-mf": ["method.sup_loss=median_freq"],
@@ -53,12 +53,15 @@ VARIANTS = {"supervised-ohem": ["method.sup_loss=ohem"], "supervised-mf": ["meth
             "student-valid095": ["method.threshold=0.95", "method.threshold_rule=valid"],
             "student-ohem": ["method.sup_loss=ohem"], "student-no-pool-pl": ["method.losses=[glo,loc,dis]"],
             "student-ohem-mfpl": ["method.sup_loss=ohem", "method.pseudo_loss=median_freq"],
-            "teachers-ohem-t095": ["method.cps_threshold=0.95", "method.sup_loss=ohem"]}
+            "teachers-ohem-t095": ["method.cps_threshold=0.95", "method.sup_loss=ohem"],
+            "student-ohem-mfpl-ohem-teachers": ["method.sup_loss=ohem", "method.pseudo_loss=median_freq"]}
+# A student variant that learns from another step's teachers (of the same seed, unless --teachers names a file).
+TAUGHT_BY = {"student-ohem-mfpl-ohem-teachers": "teachers-ohem-t095"}
 STAGE_OF = {"cps": "teachers", "supervised-long": "supervised", "teachers-unimatch": "teachers",  # the igldt stage
             "supervised-ohem": "supervised", "supervised-mf": "supervised", "teachers-cps-t095": "teachers",
             "teachers-cps-w05": "teachers", "student-valid095": "student",
             "student-ohem": "student", "student-no-pool-pl": "student", "student-ohem-mfpl": "student",
-            "teachers-ohem-t095": "teachers"}
+            "teachers-ohem-t095": "teachers", "student-ohem-mfpl-ohem-teachers": "student"}
 # table row -> (step, validated model) of its figure
 ROWS = {"Sup-only": ("supervised", "student"), "Sup-only, longest budget": ("supervised-long", "student"),
         "CPS (network 1)": ("cps", "global"), "CPS (network 2)": ("cps", "local"),
@@ -80,7 +83,8 @@ ROWS = {"Sup-only": ("supervised", "student"), "Sup-only, longest budget": ("sup
         "IGL-DT student, OHEM CE + weighted pseudo-labels": ("student-ohem-mfpl", "student"),
         "T_SU, OHEM CE + CPS confidence rule": ("teachers-ohem-t095", "global"),
         "T_RU, OHEM CE + CPS confidence rule": ("teachers-ohem-t095", "local"),
-        "ensemble, OHEM CE + CPS confidence rule": ("teachers-ohem-t095", "ensemble")}
+        "ensemble, OHEM CE + CPS confidence rule": ("teachers-ohem-t095", "ensemble"),
+        "IGL-DT student, OHEM CE + weighted pseudo-labels, OHEM teachers": ("student-ohem-mfpl-ohem-teachers", "student")}
 DONE = "done.json"    # per finished step: {"wall": seconds, "command": ...}; a rerun skips the step
 KEEP_BELOW = "<!-- written above by scripts/camvid_table.py; kept below -->"
 VAL_EVERY = 200       # every stage validates every 200 iterations; best.pt is the best of these
@@ -182,10 +186,13 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
     cps = ["-o", "model.teachers=dual", "-o", f"model.global_teacher={student_spec}",
            "-o", f"model.local_teacher={student_spec}"]
     # the student learns from the seed's CPS teachers unless --teachers names a file or another step
-    mentor = teachers if teachers and teachers.endswith(".pt") else str(out / f"seed{seed}" / (teachers or "teachers") / "best.pt")
+    def mentor(step: str) -> str:
+        if teachers and teachers.endswith(".pt"):
+            return teachers
+        return str(out / f"seed{seed}" / TAUGHT_BY.get(step, teachers or "teachers") / "best.pt")
     extra = {"supervised": [], "cps": cps, "teachers": [], "supervised-long": [], "unimatch": [],
-             "teachers-unimatch": ["-o", "method.teacher_recipe=unimatch"], "student": ["--teachers", mentor],
-             **{step: [*(["--teachers", mentor] if STAGE_OF[step] == "student" else []),
+             "teachers-unimatch": ["-o", "method.teacher_recipe=unimatch"], "student": ["--teachers", mentor("student")],
+             **{step: [*(["--teachers", mentor(step)] if STAGE_OF[step] == "student" else []),
                        *[a for o in settings for a in ("-o", o)]] for step, settings in VARIANTS.items()}}
     scaled = budget_overrides(preset, overrides, budget, iters)
     for name in [s for s in STAGES if s in stages]:

@@ -88,3 +88,18 @@ def test_a_cut_step_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     assert [a for a in cut if a != "--resume" and not a.endswith("last.pt")] == [
         a for i, a in enumerate(record) if a != "--preset" and (i == 0 or record[i - 1] != "--preset")]
     assert "--resume" not in fresh and none is None
+
+
+def test_a_student_variant_learns_from_the_teachers_its_step_names(tmp_path, monkeypatch):
+    """`student-ohem-mfpl-ohem-teachers` learns from the seed's `teachers-ohem-t095`, the plain student
+    from the seed's CPS teachers, and a --teachers file overrides both (teachers shared across seeds)."""
+    table = _table()
+    calls = []
+    monkeypatch.setattr(table, "sh", lambda cmd, log, done, record=None: calls.append(cmd) or 0.0)
+    out = tmp_path / "runs"
+    stages = ("student", "student-ohem-mfpl-ohem-teachers")
+    table.run_seed(1, out, "demo", [], "cpu", stages=stages)
+    table.run_seed(1, out, "demo", [], "cpu", stages=stages, teachers="shared/best.pt")
+    mentors = [cmd[cmd.index("--teachers") + 1] for cmd in calls]
+    assert mentors == [str(out / "seed1" / "teachers" / "best.pt"),
+                       str(out / "seed1" / "teachers-ohem-t095" / "best.pt"), "shared/best.pt", "shared/best.pt"]
