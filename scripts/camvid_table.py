@@ -345,12 +345,15 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path,
                         f"of them (the label-scarce target: at least +5 on the mean of 3 seeds, positive on "
                         "every seed).", ""]
 
-    with_iou = [r for r in rows if all(found[s]["iou"][r] for s in seeds)]
-    classes = list(next((found[seeds[0]]["iou"][r] for r in with_iou), None) or [])
+    # every row, over the seeds it has (named where that is not all of them)
+    with_iou = {r: [s for s in seeds if found[s]["iou"][r]] for r in rows}
+    with_iou = {r: have for r, have in with_iou.items() if have}
+    classes = list(next((found[have[0]]["iou"][r] for r, have in with_iou.items()), None) or [])
     per_class = ["| class | " + " | ".join(classes) + " |", "| --- |" + " --- |" * len(classes)]
-    for r in with_iou:
-        means = [statistics.mean(found[s]["iou"][r][c] or 0.0 for s in seeds) for c in classes]
-        per_class.append(f"| {r} | " + " | ".join(f"{100 * v:.1f}" for v in means) + " |")
+    for r, have in with_iou.items():
+        means = [statistics.mean(found[s]["iou"][r][c] or 0.0 for s in have) for c in classes]
+        which = "" if have == seeds else f" (seed{'s' if len(have) > 1 else ''} {', '.join(map(str, have))})"
+        per_class.append(f"| {r}{which} | " + " | ".join(f"{100 * v:.1f}" for v in means) + " |")
 
     first = found[seeds[0]]
     walls = {s: sum(found[s]["times"].values()) / 60 for s in seeds}
