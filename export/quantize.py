@@ -65,6 +65,16 @@ def _reader(images: Sequence[Callable[[], np.ndarray]], input_name: str, mean, s
     return ImageCalibrationReader()
 
 
+def _links(graph) -> tuple[dict, dict[str, list]]:
+    """{tensor: the node that writes it}, {tensor: the nodes that read it}."""
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return producer, consumers
+
+
 def float_tail(proto):
     """Drop each QuantizeLinear -> DequantizeLinear pair whose float output goes only to ArgMax or to a
     graph output: nothing integer follows it, so the pair only rounds the logits and costs a pass over
@@ -72,11 +82,7 @@ def float_tail(proto):
     float logits. Measured on the 224x320 INT8 labels graph: 8.52 ms p50 against 8.76 (2 cores, 5
     interleaved rounds; docs/results.md, "INT8 with a tolerance"). Returns (proto, pairs dropped)."""
     g = proto.graph
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = _links(g)
     outputs = {o.name for o in g.output}
     dropped = []
     for dq in [n for n in g.node if n.op_type == "DequantizeLinear"]:
@@ -110,11 +116,7 @@ def shared_concat_scales(proto):
     Only where an input's Q -> DQ pair serves that Concat alone (changing its scale touches nothing
     else). Returns (proto, inputs re-scaled)."""
     g = proto.graph
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = _links(g)
     changed = 0
     for cat in [n for n in g.node if n.op_type == "Concat"]:
         outs = consumers.get(cat.output[0], [])
@@ -145,10 +147,7 @@ def _preprocessing_nodes(path: Path) -> list[str]:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    _, consumers = _links(graph)
     found, frontier = [], [i.name for i in graph.input]
     while frontier:
         for node in consumers.get(frontier.pop(), []):
