@@ -88,6 +88,7 @@ ROWS = {"Sup-only": ("supervised", "student"), "Sup-only, longest budget": ("sup
 DONE = "done.json"    # per finished step: {"wall": seconds, "command": ...}; a rerun skips the step
 KEEP_BELOW = "<!-- written above by scripts/camvid_table.py; kept below -->"
 VAL_EVERY = 200       # every stage validates every 200 iterations; best.pt is the best of these
+RISING = " ↑"         # marks a run whose best validation is its last (not at its plateau yet)
 
 
 def sh(cmd: list[str], log: Path, done: Path, record: list[str] | None = None) -> float:
@@ -266,6 +267,12 @@ def plot_curves(found: dict[int, dict], path: Path, title: str) -> Path:
     return path
 
 
+def still_rising(curve: list[tuple[int, float]]) -> bool:
+    """A run's best validation is its last, [(iteration, mIoU)]: still climbing on its schedule, not at its
+    plateau (the label-scarce issue's rule). One validation says nothing either way."""
+    return len(curve) > 1 and max(curve, key=lambda c: c[1])[0] == curve[-1][0]
+
+
 def fraction_label(fraction: float | None) -> str:
     """0.03125 -> '1/32' (a unit fraction), else the number as given."""
     if not fraction:
@@ -325,7 +332,8 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path,
         vs = [found[s]["val"][r] for s in seeds]
         mentors = {found[s]["mentors"].get(ROWS[r][0]) for s in seeds} - {None}
         taught = f", taught by `{'`, `'.join(sorted(mentors))}`" if mentors else ""
-        table.append(f"| {r} | {describe(backbone[r])}{taught} | " + " | ".join(pct(v) for v in vs) + f" | {stats(vs)} |")
+        cells = [pct(v) + (RISING if v is not None and still_rising(found[s]["curves"][r]) else "") for s, v in zip(seeds, vs)]
+        table.append(f"| {r} | {describe(backbone[r])}{taught} | " + " | ".join(cells) + f" | {stats(vs)} |")
     # Paired, seed by seed: the best student row against the best Sup-only row (the issue's bar), UniMatch
     # and the CPS network of the student's backbone, on the seeds both have.
     head, best_sup = best_row(found, seeds, rows, "student"), best_row(found, seeds, rows, "supervised")
@@ -373,7 +381,8 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path,
         f"{name} val mIoU (%, {n_classes} classes, void ignored, whole images). Every stage validates every "
         f"{VAL_EVERY} iterations and keeps the best validation as best.pt (the same rule for every row); "
         "the table shows that checkpoint. Iterations per step: "
-        + ", ".join(f"{k} {step_iters[k]}" for k in dict.fromkeys(ROWS[r][0] for r in rows)) + ".",
+        + ", ".join(f"{k} {step_iters[k]}" for k in dict.fromkeys(ROWS[r][0] for r in rows)) + f". {RISING.strip()}: "
+        "the run's best validation is its last, so it has not reached its plateau on that schedule.",
         "",
         *table,
         "",

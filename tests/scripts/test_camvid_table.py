@@ -103,3 +103,11 @@ def test_a_student_variant_learns_from_the_teachers_its_step_names(tmp_path, mon
     mentors = [cmd[cmd.index("--teachers") + 1] for cmd in calls]
     assert mentors == [str(out / "seed1" / "teachers" / "best.pt"),
                        str(out / "seed1" / "teachers-ohem-t095" / "best.pt"), "shared/best.pt", "shared/best.pt"]
+
+
+def test_a_run_whose_best_is_its_last_validation_is_still_rising():
+    still_rising = _table().still_rising
+    assert still_rising([(200, 0.40), (400, 0.50), (600, 0.55)])
+    assert not still_rising([(200, 0.40), (400, 0.56), (600, 0.55)])  # peaked before its end
+    assert not still_rising([(200, 0.40)])                             # one validation: no verdict
+    assert not still_rising([])
