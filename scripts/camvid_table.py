@@ -53,15 +53,12 @@ VARIANTS = {"supervised-ohem": ["method.sup_loss=ohem"], "supervised-mf": ["meth
             "student-valid095": ["method.threshold=0.95", "method.threshold_rule=valid"],
             "student-ohem": ["method.sup_loss=ohem"], "student-no-pool-pl": ["method.losses=[glo,loc,dis]"],
             "student-ohem-mfpl": ["method.sup_loss=ohem", "method.pseudo_loss=median_freq"],
-            "teachers-ohem-t095": ["method.cps_threshold=0.95", "method.sup_loss=ohem"],
-            "student-ohem-mfpl-ohem-teachers": ["method.sup_loss=ohem", "method.pseudo_loss=median_freq"]}
+            "teachers-ohem-t095": ["method.cps_threshold=0.95", "method.sup_loss=ohem"]}
+VARIANTS["student-ohem-mfpl-ohem-teachers"] = VARIANTS["student-ohem-mfpl"]  # the same student, other teachers
 # A student variant that learns from another step's teachers (of the same seed, unless --teachers names a file).
 TAUGHT_BY = {"student-ohem-mfpl-ohem-teachers": "teachers-ohem-t095"}
-STAGE_OF = {"cps": "teachers", "supervised-long": "supervised", "teachers-unimatch": "teachers",  # the igldt stage
-            "supervised-ohem": "supervised", "supervised-mf": "supervised", "teachers-cps-t095": "teachers",
-            "teachers-cps-w05": "teachers", "student-valid095": "student",
-            "student-ohem": "student", "student-no-pool-pl": "student", "student-ohem-mfpl": "student",
-            "teachers-ohem-t095": "teachers", "student-ohem-mfpl-ohem-teachers": "student"}
+# the igldt stage of each step: its name's first word (`cps` is a teachers run on the student's network)
+STAGE_OF = {step: "teachers" if step == "cps" else step.split("-")[0] for step in STAGES}
 # table row -> (step, validated model) of its figure
 ROWS = {"Sup-only": ("supervised", "student"), "Sup-only, longest budget": ("supervised-long", "student"),
         "CPS (network 1)": ("cps", "global"), "CPS (network 2)": ("cps", "local"),
@@ -186,7 +183,8 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
     student_spec = json.dumps(cfg.to_dict()["model"]["student"])
     cps = ["-o", "model.teachers=dual", "-o", f"model.global_teacher={student_spec}",
            "-o", f"model.local_teacher={student_spec}"]
-    # the student learns from the seed's CPS teachers unless --teachers names a file or another step
+    # the student learns from the seed's CPS teachers unless --teachers names a file or another step,
+    # or (without a file) its step names its teachers' step in TAUGHT_BY
     def mentor(step: str) -> str:
         if teachers and teachers.endswith(".pt"):
             return teachers
