@@ -45,7 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("supervised", "teachers", "student", "cps", "supervised-long", "unimatch", "teachers-unimatch",
           "supervised-ohem", "supervised-mf", "teachers-cps-t095", "teachers-cps-w05", "student-valid095",
-          "student-ohem", "student-no-pool-pl", "student-ohem-mfpl", "teachers-ohem-t095", "student-ohem-mfpl-ohem-teachers")
+          "student-ohem", "student-no-pool-pl", "student-ohem-mfpl", "teachers-ohem-t095", "student-ohem-mfpl-ohem-teachers", "unimatch-ohem")
 DEFAULT_STAGES = STAGES[:4]  # the others (Sup-only at the teachers' budget, UniMatch, the variants) when asked for
 # Variants of a stage, one setting changed: the label-scarce issue's loss options and its diagnosis of CPS.
 VARIANTS = {"supervised-ohem": ["method.sup_loss=ohem"], "supervised-mf": ["method.sup_loss=median_freq"],
@@ -53,7 +53,8 @@ VARIANTS = {"supervised-ohem": ["method.sup_loss=ohem"], "supervised-mf": ["meth
             "student-valid095": ["method.threshold=0.95", "method.threshold_rule=valid"],
             "student-ohem": ["method.sup_loss=ohem"], "student-no-pool-pl": ["method.losses=[glo,loc,dis]"],
             "student-ohem-mfpl": ["method.sup_loss=ohem", "method.pseudo_loss=median_freq"],
-            "teachers-ohem-t095": ["method.cps_threshold=0.95", "method.sup_loss=ohem"]}
+            "teachers-ohem-t095": ["method.cps_threshold=0.95", "method.sup_loss=ohem"],
+            "unimatch-ohem": ["method.sup_loss=ohem"]}
 VARIANTS["student-ohem-mfpl-ohem-teachers"] = VARIANTS["student-ohem-mfpl"]  # the same student, other teachers
 # A student variant that learns from another step's teachers (of the same seed, unless --teachers names a file).
 TAUGHT_BY = {"student-ohem-mfpl-ohem-teachers": "teachers-ohem-t095"}
@@ -62,7 +63,7 @@ STAGE_OF = {step: "teachers" if step == "cps" else step.split("-")[0] for step i
 # table row -> (step, validated model) of its figure
 ROWS = {"Sup-only": ("supervised", "student"), "Sup-only, longest budget": ("supervised-long", "student"),
         "CPS (network 1)": ("cps", "global"), "CPS (network 2)": ("cps", "local"),
-        "UniMatch": ("unimatch", "student"),
+        "UniMatch": ("unimatch", "student"), "UniMatch, OHEM CE": ("unimatch-ohem", "student"),
         "T_SU (global teacher)": ("teachers", "global"), "T_RU (local teacher)": ("teachers", "local"),
         "teachers' ensemble": ("teachers", "ensemble"),
         "T_SU, UniMatch recipe": ("teachers-unimatch", "global"), "T_RU, UniMatch recipe": ("teachers-unimatch", "local"),
@@ -332,11 +333,12 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path,
         taught = f", taught by `{'`, `'.join(sorted(mentors))}`" if mentors else ""
         cells = [pct(v) + (RISING if v is not None and still_rising(found[s]["curves"][r]) else "") for s, v in zip(seeds, vs)]
         table.append(f"| {r} | {describe(backbone[r])}{taught} | " + " | ".join(cells) + f" | {stats(vs)} |")
-    # Paired, seed by seed: the best student row against the best Sup-only row (the issue's bar), UniMatch
-    # and the CPS network of the student's backbone, on the seeds both have.
+    # Paired, seed by seed: the best student row against the best Sup-only row (the issue's bar), the best
+    # UniMatch row and the CPS network of the student's backbone, on the seeds both have.
     head, best_sup = best_row(found, seeds, rows, "student"), best_row(found, seeds, rows, "supervised")
+    best_unimatch = best_row(found, seeds, rows, "unimatch")
     headline = []
-    for base in dict.fromkeys(b for b in (best_sup, "UniMatch", "CPS (network 1)") if b in rows):
+    for base in dict.fromkeys(b for b in (best_sup, best_unimatch, "CPS (network 1)") if b in rows):
         gains = [None if found[s]["val"][head] is None or found[s]["val"][base] is None
                  else found[s]["val"][head] - found[s]["val"][base] for s in seeds] if head else [None]
         if all(g is None for g in gains):
