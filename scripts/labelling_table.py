@@ -114,10 +114,47 @@ def report(args, out: Path, sets) -> list[str]:
         lines.append(f"| IGL-DT student on the {DEFAULT_PICKS} picks (teachers of the starting split) | "
                      + " | ".join(f"{100 * student[s][0]:.2f}" if student[s] else "" for s in seeds)
                      + f" | {mean_sd([student[s][0] for s in seeds if student[s]])} | |")
+    lines += ["", *pick_contents(args, out, sets)]
     lines += ["", f"{args.dataset} val mIoU %, best validation of each Sup-only run (`--iters {args.iters}`, validated every 200 "
               f"iterations), on {machine(out)}. Picks by `igldt suggest` from `{args.teachers}`"
               + (f" ({statistics.mean(walls):.0f} s per ranking of the pool)" if walls else "")
               + f"; the lists and every run under `{out}`. Paired differences per training seed in brackets."]
+    return lines
+
+
+def pick_contents(args, out: Path, sets) -> list[str]:
+    """What each pick set holds, from the pool's masks (which a real user would not have: measured only
+    to explain the table): picks per group of ids (the id up to its first `_`: a CamVid recording) and
+    each class's share of the picks' labelled pixels, beside the pool's own shares."""
+    import numpy as np
+
+    from igldt.data.datasets import build_dataset
+    from igldt.data.splits import read_split_file, select
+    train = build_dataset(args.dataset, args.data, "train")
+    done = [(row, name) for row, name, _ in sets if (REPO / out / "picks" / name / "suggested.txt").exists()]
+    if not done:
+        return []
+    pool = read_split_file(REPO / out / "picks" / done[0][1] / "suggested.txt") + read_split_file(
+        REPO / out / "picks" / done[0][1] / "unlabeled.txt")
+
+    def shares(ids: list[str]) -> tuple[dict[str, int], np.ndarray]:
+        ds = select(train, ids)
+        counts = sum(np.bincount(ds.load_mask(i).ravel(), minlength=256)[:ds.num_classes] for i in range(len(ds)))
+        groups: dict[str, int] = {}
+        for i in ids:
+            groups[i.split("_")[0]] = groups.get(i.split("_")[0], 0) + 1
+        return groups, 100 * counts / max(counts.sum(), 1)
+
+    named = {"pool": shares(pool), **{name: shares(read_split_file(REPO / out / "picks" / name / "suggested.txt"))
+                                      for _, name in done}}
+    groups = sorted(named["pool"][0], key=lambda g: -named["pool"][0][g])
+    lines = [f"What the picks hold (from the pool's masks, to explain the table): picks per recording (the id "
+             f"before its first `_`; the pool's row: its images), and each class's share of the labelled pixels (%):",
+             "", "| picks | " + " | ".join(groups) + " | " + " | ".join(train.classes) + " |",
+             "| --- | " + " | ".join("---" for _ in [*groups, *train.classes]) + " |"]
+    for name, (g, share) in named.items():
+        lines.append(f"| {name} | " + " | ".join(str(g.get(k, 0)) for k in groups) + " | "
+                     + " | ".join(f"{v:.1f}" for v in share) + " |")
     return lines
 
 

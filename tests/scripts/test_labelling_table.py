@@ -1,6 +1,6 @@
 """scripts/labelling_table.py end to end on the tiny demo data: picks by two methods, the control's
-draws, Sup-only on every enlarged split, the IGL-DT student on the default picks, the table written
-between its markers."""
+draws, Sup-only on every enlarged split, the IGL-DT student on the default picks, the table and what
+the picks hold written between its markers."""
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +35,10 @@ def test_labelling_table_on_the_demo_data(tiny_demo, tmp_path):
     assert "| disagreement + diversity |" in text and "| none (the starting split) |" in text
     assert "| IGL-DT student on the disagreement + diversity picks" in text
     assert (tmp_path / "runs" / "seed0" / "student" / "best.pt").exists()
+    holds = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith(("| pool |", "| random0 |"))}
+    shares = [float(v) for v in holds["pool"].strip(" |").split(" | ")[-len(ds.classes):]]
+    assert abs(sum(shares) - 100) < 0.1  # every labelled pixel of the pool counted once
+    assert "What the picks hold" in text and "random0" in holds
     for name in ("random0", "random1", "disagreement-diversity"):
         assert len((tmp_path / "runs" / "picks" / name / "labeled.txt").read_text().split()) == 5  # 4 labelled + 1
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # every step done: only the report
