@@ -148,8 +148,8 @@ def pick_contents(args, out: Path, sets) -> list[str]:
     named = {"pool": shares(pool), **{name: shares(read_split_file(REPO / out / "picks" / name / "suggested.txt"))
                                       for _, name in done}}
     groups = sorted(named["pool"][0], key=lambda g: -named["pool"][0][g])
-    lines = [f"What the picks hold (from the pool's masks, to explain the table): picks per recording (the id "
-             f"before its first `_`; the pool's row: its images), and each class's share of the labelled pixels (%):",
+    lines = ["What the picks hold (from the pool's masks, to explain the table): picks per recording (the id "
+             "before its first `_`; the pool's row: its images), and each class's share of the labelled pixels (%):",
              "", "| picks | " + " | ".join(groups) + " | " + " | ".join(train.classes) + " |",
              "| --- | " + " | ".join("---" for _ in [*groups, *train.classes]) + " |"]
     for name, (g, share) in named.items():

@@ -1,5 +1,7 @@
 """Small helpers that several test modules use (fixtures live in conftest.py)."""
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import numpy as np
@@ -16,3 +18,16 @@ def video_frames(path: Path) -> list[np.ndarray]:
         frames.append(frame)
     cap.release()
     return frames
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str) -> ModuleType:
+    """A script or benchmark of the repository (not a package module) imported from its file, e.g.
+    `load_script("scripts/camvid_table.py")`."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,17 +1,15 @@
 """scripts/camvid_table.py: --budget scales every step together, --iters sets one, the table and curve on demo data."""
-import importlib.util
 from pathlib import Path
 
 from igldt.config import load_config
+
+from tests.helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "camvid_table.py"
 
 
 def _table():
-    spec = importlib.util.spec_from_file_location("camvid_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/camvid_table.py")
 
 
 def _iters(overrides, stage=None):

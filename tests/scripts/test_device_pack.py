@@ -1,5 +1,4 @@
 """scripts/device: CamVid travels to a lent GPU as WebP and must decode back to the very same pixels."""
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -7,14 +6,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tests.helpers import load_script
+
 DEVICE = Path(__file__).resolve().parents[2] / "scripts" / "device"
 
 
 def _pack():
-    spec = importlib.util.spec_from_file_location("device_pack", DEVICE / "pack.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/device/pack.py")
 
 
 def _camvid(root: Path, rng) -> None:

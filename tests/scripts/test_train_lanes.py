@@ -1,18 +1,13 @@
 """benchmarks/train_lanes.py: seconds per iteration from a run's metrics.jsonl, start-up left out."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_lanes.py"
+from tests.helpers import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("train_lanes", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/train_lanes.py")
 
 
 def test_seconds_per_iteration_leaves_the_first_logged_point_out(tmp_path):
