@@ -126,8 +126,11 @@ def pick_contents(args, out: Path, sets) -> list[str]:
     """What each pick set holds, from the pool's masks (which a real user would not have: measured only
     to explain the table): picks per group of ids (the id up to its first `_`: a CamVid recording) and
     each class's share of the picks' labelled pixels, beside the pool's own shares."""
-    import numpy as np
+    from collections import Counter
 
+    import torch
+
+    from igldt.class_balance import label_counts
     from igldt.data.datasets import build_dataset
     from igldt.data.splits import read_split_file, select
     train = build_dataset(args.dataset, args.data, "train")
@@ -137,13 +140,10 @@ def pick_contents(args, out: Path, sets) -> list[str]:
     pool = read_split_file(REPO / out / "picks" / done[0][1] / "suggested.txt") + read_split_file(
         REPO / out / "picks" / done[0][1] / "unlabeled.txt")
 
-    def shares(ids: list[str]) -> tuple[dict[str, int], np.ndarray]:
+    def shares(ids: list[str]) -> tuple[Counter, torch.Tensor]:
         ds = select(train, ids)
-        counts = sum(np.bincount(ds.load_mask(i).ravel(), minlength=256)[:ds.num_classes] for i in range(len(ds)))
-        groups: dict[str, int] = {}
-        for i in ids:
-            groups[i.split("_")[0]] = groups.get(i.split("_")[0], 0) + 1
-        return groups, 100 * counts / max(counts.sum(), 1)
+        counts = sum(label_counts(torch.from_numpy(ds.load_mask(i)).long(), ds.num_classes) for i in range(len(ds)))
+        return Counter(i.split("_")[0] for i in ids), 100 * counts / max(int(counts.sum()), 1)
 
     named = {"pool": shares(pool), **{name: shares(read_split_file(REPO / out / "picks" / name / "suggested.txt"))
                                       for _, name in done}}
@@ -154,7 +154,7 @@ def pick_contents(args, out: Path, sets) -> list[str]:
              "| --- | " + " | ".join("---" for _ in [*groups, *train.classes]) + " |"]
     for name, (g, share) in named.items():
         lines.append(f"| {name} | " + " | ".join(str(g.get(k, 0)) for k in groups) + " | "
-                     + " | ".join(f"{v:.1f}" for v in share) + " |")
+                     + " | ".join(f"{float(v):.1f}" for v in share) + " |")
     return lines
 
 
