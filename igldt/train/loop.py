@@ -315,16 +315,25 @@ def train(cfg: Config, stage: str, out_dir: str | Path | None = None, *, teacher
     out_dir = Path(out_dir or default_out_dir(stage))
     ctx = D.setup(device)
     try:
-        if ctx.is_main:
-            prepare_run_dir(out_dir, resume_ckpt is not None, exist_ok)
-        D.barrier(ctx)
-        seed_everything(cfg.train.seed)  # identical model initialisation on every rank
-        loaders = build_train_loaders(cfg, ctx.rank, ctx.world, views=STAGES[stage].views(cfg))  # refuses bad data
-        val_set = build_val_set(cfg.data)
-        classes = list(val_set.classes)
-        built = build_stage(cfg, stage, len(classes), teachers, label_weights(cfg, loaders[0], len(classes)))
-        val = make_validator(cfg, val_set.ds, ctx, figures=out_dir)
-        meta = {"dataset_meta": {"classes": classes, "palette": val_set.ds.palette}, "config": cfg}
-        return fit(built, loaders, cfg, out_dir, ctx=ctx, val=val, meta=meta, resume=resume_ckpt)
-    finally:
-        D.teardown(ctx)
+        result = _train_in_group(cfg, stage, out_dir, teachers, resume_ckpt, exist_ok, ctx)
+    except BaseException:
+        D.teardown(ctx, failed=True)
+        raise
+    D.teardown(ctx)
+    return result
+
+
+def _train_in_group(cfg: Config, stage: str, out_dir: Path, teachers, resume_ckpt, exist_ok: bool,
+                    ctx: D.DistContext) -> FitResult:
+    """`train`'s body, every rank inside the process group (its DDP modules freed before the group is left)."""
+    if ctx.is_main:
+        prepare_run_dir(out_dir, resume_ckpt is not None, exist_ok)
+    D.barrier(ctx)
+    seed_everything(cfg.train.seed)  # identical model initialisation on every rank
+    loaders = build_train_loaders(cfg, ctx.rank, ctx.world, views=STAGES[stage].views(cfg))  # refuses bad data
+    val_set = build_val_set(cfg.data)
+    classes = list(val_set.classes)
+    built = build_stage(cfg, stage, len(classes), teachers, label_weights(cfg, loaders[0], len(classes)))
+    val = make_validator(cfg, val_set.ds, ctx, figures=out_dir)
+    meta = {"dataset_meta": {"classes": classes, "palette": val_set.ds.palette}, "config": cfg}
+    return fit(built, loaders, cfg, out_dir, ctx=ctx, val=val, meta=meta, resume=resume_ckpt)
