@@ -70,12 +70,42 @@ def train_cmd(args, picks: Path | None, seed: int, run: Path, stage: str = "supe
             "--out", str(run), "--exist-ok"]
 
 
-def best(run: Path) -> tuple[float, int] | None:
+def best(run: Path, record: dict | None = None) -> tuple[float, int | None] | None:
+    """(best val mIoU, its iteration) of a finished run: from its folder, else from `record` (the
+    committed record of finished runs, keyed by the run's path), else None."""
     v = vals(REPO / run)
-    if not (REPO / run / "done.json").exists() or not v:
-        return None
-    top = max(v, key=lambda r: r["miou_student"])
-    return top["miou_student"], top["iteration"]
+    if (REPO / run / "done.json").exists() and v:
+        top = max(v, key=lambda r: r["miou_student"])
+        return top["miou_student"], top["iteration"]
+    kept = (record or {}).get("runs", {}).get(run.as_posix())
+    return (kept["miou"], kept.get("iteration")) if kept else None
+
+
+def load_record(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"runs": {}, "picks": {}}
+
+
+def update_record(path: Path, out: Path, seeds, names) -> dict:
+    """The record (`--record`) with every finished run and pick list under `out` added: a run folder
+    under runs/ is not kept between machines, the record is committed, so the table keeps every figure
+    it has shown and every pick list can be trained on again. Written atomically."""
+    record = load_record(path)
+    machine_line = machine(out)
+    for seed in seeds:
+        for name in names:
+            run = out / f"seed{seed}" / name
+            found = best(run) if (REPO / run / "done.json").exists() else None
+            if found:
+                done = json.loads((REPO / run / "done.json").read_text())
+                record["runs"][run.as_posix()] = {"miou": found[0], "iteration": found[1], "wall_s": round(done["wall"]),
+                                                  "command": done["command"], "machine": machine_line}
+    for name in names:
+        listed = out / "picks" / name / "suggested.txt"
+        if (REPO / listed).exists():
+            record["picks"][listed.parent.as_posix()] = (REPO / listed).read_text().split()
+    path.with_suffix(".tmp").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    path.with_suffix(".tmp").replace(path)
+    return record
 
 
 def mean_sd(xs: list[float]) -> str:
@@ -84,13 +114,13 @@ def mean_sd(xs: list[float]) -> str:
     return f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{100 * xs[0]:.2f}"
 
 
-def report(args, out: Path, sets) -> list[str]:
+def report(args, out: Path, sets, record: dict) -> list[str]:
     seeds = args.seeds
-    base = {s: best(out / f"seed{s}" / "start") for s in seeds}
+    base = {s: best(out / f"seed{s}" / "start", record) for s in seeds}
     per_row: dict[str, dict[int, float]] = {}
     for row in dict.fromkeys(r for r, _, _ in sets):
         for s in seeds:
-            got = [best(out / f"seed{s}" / name) for r, name, _ in sets if r == row]
+            got = [best(out / f"seed{s}" / name, record) for r, name, _ in sets if r == row]
             if got and all(g is not None for g in got):
                 per_row.setdefault(row, {})[s] = statistics.mean(g[0] for g in got)
     lines = [f"| picks ({args.count} images added to {args.fraction}) | "
@@ -109,7 +139,7 @@ def report(args, out: Path, sets) -> list[str]:
                      + f" | {mean_sd([by_seed[s] for s in seeds if s in by_seed])} | {diff} |")
     walls = [json.loads((REPO / out / "picks" / name / "done.json").read_text())["wall"] for _, name, _ in sets
              if (REPO / out / "picks" / name / "done.json").exists()]
-    student = {s: best(out / f"seed{s}" / STUDENT) for s in seeds}
+    student = {s: best(out / f"seed{s}" / STUDENT, record) for s in seeds}
     if args.student and any(student.values()):
         lines.append(f"| IGL-DT student on the {DEFAULT_PICKS} picks (teachers of the starting split) | "
                      + " | ".join(f"{100 * student[s][0]:.2f}" if student[s] else "" for s in seeds)
@@ -118,7 +148,13 @@ def report(args, out: Path, sets) -> list[str]:
     lines += ["", f"{args.dataset} val mIoU %, best validation of each Sup-only run (`--iters {args.iters}`, validated every 200 "
               f"iterations), on {machine(out)}. Picks by `igldt suggest` from `{args.teachers}`"
               + (f" ({statistics.mean(walls):.0f} s per ranking of the pool)" if walls else "")
-              + f"; the lists and every run under `{out}`. Paired differences per training seed in brackets."]
+              + f"; the lists and every run under `{out}`, each finished run's figure and every pick list also in "
+              f"`{args.record}`. Paired differences per training seed in brackets."]
+    picked = [(name, record["picks"][(out / "picks" / name).as_posix()]) for _, name, _ in sets
+              if (out / "picks" / name).as_posix() in record["picks"]]
+    if picked:
+        lines += ["", "The picks, best first (`suggested.txt`):", "",
+                  *[f"- {name}: {' '.join(ids)}" for name, ids in picked]]
     return lines
 
 
@@ -188,6 +224,8 @@ def main() -> None:
     ap.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default="runs/label32")
     ap.add_argument("--results", default="docs/labelling.md")
+    ap.add_argument("--record", help="committed record of finished runs and pick lists, read where a run folder "
+                                      "is missing (default: beside --results, <name>-runs.json)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--student", action="store_true",
                     help=f"also the IGL-DT student on the {DEFAULT_PICKS} picks, taught by --teachers, every seed")
@@ -197,6 +235,7 @@ def main() -> None:
     num, _, den = args.fraction.partition("/")
     args.fraction_value = float(num) / float(den or 1)
     out = Path(args.out)
+    args.record = args.record or str(Path(args.results).with_name(Path(args.results).stem + "-runs.json"))
     sets = pick_sets(args.rows, args.draws)
     if not args.report_only:
         record_machine(out, args.device)
@@ -214,7 +253,9 @@ def main() -> None:
                 (REPO / run).mkdir(parents=True, exist_ok=True)
                 sh(train_cmd(args, out / "picks" / slug(DEFAULT_PICKS), seed, run, stage="student"),
                    (REPO / run).with_suffix(".log"), REPO / run / "done.json")
-    lines = report(args, out, sets)
+    names = ["start", *(n for _, n, _ in sets), STUDENT]
+    record = update_record(REPO / args.record, out, args.seeds, names)
+    lines = report(args, out, sets, record)
     write_between_markers(REPO / args.results, "\n".join(lines))
     print("\n".join(lines))
 

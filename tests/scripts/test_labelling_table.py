@@ -1,6 +1,8 @@
 """scripts/labelling_table.py end to end on the tiny demo data: picks by two methods, the control's
 draws, Sup-only on every enlarged split, the IGL-DT student on the default picks, the table and what
 the picks hold written between its markers."""
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +46,15 @@ def test_labelling_table_on_the_demo_data(tiny_demo, tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # every step done: only the report
     assert again.returncode == 0 and "done already" in again.stdout
     assert results.read_text().count("<!-- end of table -->") == 1
+    # The committed record keeps every figure and pick list: a run folder lost with its machine is still in the table.
+    record = json.loads((tmp_path / "labelling-runs.json").read_text())
+    kept = record["runs"][f"{tmp_path / 'runs'}/seed0/random0"]
+    assert set(kept) >= {"miou", "iteration", "command"}
+    picks = record["picks"][f"{tmp_path / 'runs'}/picks/disagreement-diversity"]
+    assert picks == (tmp_path / "runs" / "picks" / "disagreement-diversity" / "suggested.txt").read_text().split()
+    assert f"- disagreement-diversity: {picks[0]}" in results.read_text()
+    table = results.read_text().split("<!-- end of table -->")[0]
+    shutil.rmtree(tmp_path / "runs" / "seed0" / "random0")
+    report = subprocess.run([*cmd, "--report-only"], capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert results.read_text().split("<!-- end of table -->")[0] == table
