@@ -12,7 +12,8 @@ every run trains on, so any row can be re-run by hand:
         --data ../shared/data/camvid --fraction 1/32 --count 11 --seeds 0 1 2 --iters 1600 \
         --out runs/label32 --results docs/labelling.md
 
-A rerun skips every pick and run already done (its done.json), so the table fills in over sessions.
+A rerun skips every pick and run already done (its done.json, or its figure in the committed record
+`--record`), so the table fills in over sessions, and over machines.
 """
 from __future__ import annotations
 
@@ -237,24 +238,28 @@ def main() -> None:
     out = Path(args.out)
     args.record = args.record or str(Path(args.results).with_name(Path(args.results).stem + "-runs.json"))
     sets = pick_sets(args.rows, args.draws)
+    names = ["start", *(n for _, n, _ in sets), STUDENT]
+    keep = lambda: update_record(REPO / args.record, out, args.seeds, names)  # after every step: figures survive
     if not args.report_only:
         record_machine(out, args.device)
         for row, name, draw in sets:
             folder = REPO / out / "picks" / name
             folder.mkdir(parents=True, exist_ok=True)
             sh(suggest_cmd(args, name, row, draw, out), folder.with_suffix(".log"), folder / "done.json")
+            keep()
         for seed in args.seeds:
-            for name, picks in [("start", None)] + [(n, out / "picks" / n) for _, n, _ in sets]:
-                run = out / f"seed{seed}" / name
-                (REPO / run).mkdir(parents=True, exist_ok=True)
-                sh(train_cmd(args, picks, seed, run), (REPO / run).with_suffix(".log"), REPO / run / "done.json")
+            runs = [("start", None, "supervised"), *((n, out / "picks" / n, "supervised") for _, n, _ in sets)]
             if args.student:
-                run = out / f"seed{seed}" / STUDENT
+                runs.append((STUDENT, out / "picks" / slug(DEFAULT_PICKS), "student"))
+            for name, picks, stage in runs:
+                run = out / f"seed{seed}" / name
+                if run.as_posix() in load_record(REPO / args.record)["runs"]:
+                    print(f"in the record already: {run}", flush=True)
+                    continue
                 (REPO / run).mkdir(parents=True, exist_ok=True)
-                sh(train_cmd(args, out / "picks" / slug(DEFAULT_PICKS), seed, run, stage="student"),
-                   (REPO / run).with_suffix(".log"), REPO / run / "done.json")
-    names = ["start", *(n for _, n, _ in sets), STUDENT]
-    record = update_record(REPO / args.record, out, args.seeds, names)
+                sh(train_cmd(args, picks, seed, run, stage), (REPO / run).with_suffix(".log"), REPO / run / "done.json")
+                keep()
+    record = keep()
     lines = report(args, out, sets, record)
     write_between_markers(REPO / args.results, "\n".join(lines))
     print("\n".join(lines))

@@ -55,6 +55,7 @@ def test_labelling_table_on_the_demo_data(tiny_demo, tmp_path):
     assert f"- disagreement-diversity: {picks[0]}" in results.read_text()
     table = results.read_text().split("<!-- end of table -->")[0]
     shutil.rmtree(tmp_path / "runs" / "seed0" / "random0")
-    report = subprocess.run([*cmd, "--report-only"], capture_output=True, text=True, timeout=600)
-    assert report.returncode == 0, report.stderr[-2000:]
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # not trained again: in the record
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "in the record already" in rerun.stdout and not (tmp_path / "runs" / "seed0" / "random0").exists()
     assert results.read_text().split("<!-- end of table -->")[0] == table
