@@ -171,7 +171,10 @@ def budget_overrides(preset: str, overrides: list[str], budget: float, iters: di
 
 
 def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: str, stages=STAGES,
-             teachers: str | None = None, budget: float = 1.0, iters: dict[str, int] | None = None) -> None:
+             teachers: str | None = None, budget: float = 1.0, iters: dict[str, int] | None = None,
+             record: Path | None = None) -> None:
+    """Every step of `stages` for one seed, skipping those done (their done.json, or their figures in
+    the record at `record`, which each finished step is added to)."""
     from igldt.config import load_config
     cfg = load_config(preset, overrides)
     folder = REPO / out / f"seed{seed}"
@@ -199,26 +202,80 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
         run = out / f"seed{seed}" / name
         cmd = igldt + ["train", "--stage", STAGE_OF.get(name, name), *common, "--out", str(run),
                        *extra[name], *[a for o in scaled[name] for a in ("-o", o)]]
+        if record and run.as_posix() in load_record(record)["runs"] and not (REPO / run / DONE).exists():
+            print(f"in the record already: {run}", flush=True)
+            continue
         again = resumed(cmd, run)  # a run cut by a session's end (sh skips a step done already)
         sh(again or cmd, folder / f"{name}.log", REPO / run / DONE, record=cmd if again else None)
+        if record:
+            keep(record, [run], out)
 
 
-def collect(out: Path) -> dict[int, dict]:
+# -- the committed record: run folders stay on one machine, the figures they gave must not ------------
+def load_record(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"runs": {}, "picks": {}}
+
+
+def default_record(results: str | Path) -> Path:
+    """Where a results file's record lives: beside it, `<name>-runs.json`."""
+    results = Path(results)
+    return results.with_name(f"{results.stem}-runs.json")
+
+
+def finished(run: Path, record: dict | None = None) -> tuple[dict, list[dict]] | None:
+    """(its done.json, its validation records) of a finished run: from its folder, else from `record`
+    (keyed by the run's path as given, relative to the repository), else None."""
+    if (REPO / run / DONE).exists():
+        return json.loads((REPO / run / DONE).read_text()), vals(REPO / run)
+    kept = (record or {}).get("runs", {}).get(run.as_posix())
+    return (kept["done"], kept["vals"]) if kept else None
+
+
+def keep(path: Path, runs, out: Path, picks=()) -> dict:
+    """The record at `path` with every finished run of `runs` (its done.json, validation records and
+    the machine it ran on) and every pick list of `picks` (folders holding a suggested.txt) added:
+    committed beside the results, it keeps the table's figures and lists when the run folders are
+    gone (another machine) and spares their reruns. Written atomically."""
+    record = load_record(path)
+    for run in runs:
+        if (REPO / run / DONE).exists():
+            done, records = finished(run)
+            record["runs"][run.as_posix()] = {"done": done, "vals": records, "machine": machine(out)}
+    for folder in picks:
+        if (REPO / folder / "suggested.txt").exists():
+            record["picks"][folder.as_posix()] = (REPO / folder / "suggested.txt").read_text().split()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    path.with_suffix(".tmp").replace(path)
+    return record
+
+
+def seed_runs(out: Path, record: dict, names=STAGES) -> list[Path]:
+    """Every `<out>/seed<S>/<name>` with a folder here or an entry in the record."""
+    seeds = {int(f.name[4:]) for f in (REPO / out).glob("seed*") if f.name[4:].isdigit()}
+    seeds |= {int(Path(k).parent.name[4:]) for k in record["runs"] if Path(k).parent.parent == out}
+    return [out / f"seed{s}" / n for s in sorted(seeds) for n in names]
+
+
+def collect(out: Path, record: dict | None = None) -> dict[int, dict]:
     """{seed: {"val": {row: mIoU or None}, "iou": {row: {class: IoU}}, "curves": {row: [(iteration, mIoU)]},
-    "times": {step: s}, "commands": [...]}} for every seed with a finished step."""
+    "times": {step: s}, "commands": [...]}} for every seed with a finished step (its folder or `record`)."""
     found = {}
-    for folder in sorted((REPO / out).glob("seed*")):
-        done = {s: json.loads((folder / s / DONE).read_text()) for s in STAGES if (folder / s / DONE).exists()}
-        if not done:
-            continue
-        records = {s: vals(folder / s) for s in done}
+    by_seed: dict[int, dict] = {}
+    for run in seed_runs(out, record or {"runs": {}}):
+        got = finished(run, record)
+        if got:
+            by_seed.setdefault(int(run.parent.name[4:]), {})[run.name] = got
+    for seed, steps in by_seed.items():
+        done = {s: steps[s][0] for s in STAGES if s in steps}
+        records = {s: steps[s][1] for s in done}
         # The validation that chose best.pt (the highest score), for every stage alike.
         best = {s: max(records[s] or [{}], key=lambda v: v.get("score", 0)) for s in done}
         get = lambda stage, key: best.get(stage, {}).get(f"miou_{key}")
         iou = lambda stage, key: best.get(stage, {}).get("class_iou", {}).get(key)
         curve = lambda stage, key: [(v["iteration"], v[f"miou_{key}"]) for v in records.get(stage, [])
                                     if f"miou_{key}" in v]
-        found[int(folder.name[4:])] = {
+        found[seed] = {
             "val": {r: get(*k) for r, k in ROWS.items()}, "iou": {r: iou(*k) for r, k in ROWS.items()},
             "curves": {r: curve(*k) for r, k in ROWS.items()},
             "times": {k: v["wall"] for k, v in done.items()}, "commands": [v["command"] for v in done.values()],
@@ -434,12 +491,23 @@ def report(found: dict[int, dict], preset: str, overrides: list[str], out: Path,
     return lines
 
 
+def figures(lines: list[str]) -> int:
+    """How many figures (numeric cells) the table rows among `lines` hold: a rewrite that would hold
+    fewer than the file's is refused unless asked (`--replace`)."""
+    cells = [c.strip().split(" ")[0] for line in lines if line.startswith("|") for c in line.strip("|").split("|")]
+    return sum(c.replace(".", "", 1).lstrip("+-").isdigit() for c in cells)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="*", default=[0], help="training seeds to run")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the results from the runs found")
     ap.add_argument("--out", default="runs/camvid", help="folder of the runs (relative to the repo)")
     ap.add_argument("--results", default="docs/results.md")
+    ap.add_argument("--record", help="committed record of the finished runs' figures, read where a run folder "
+                                      "is missing (default: beside --results, <name>-runs.json)")
+    ap.add_argument("--replace", action="store_true",
+                    help="rewrite --results even when its table would lose figures (their runs are gone)")
     ap.add_argument("--preset", default="camvid-cpu")
     ap.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--device", default="cpu")
@@ -470,16 +538,22 @@ def main() -> None:
         if step not in STAGES or not n.isdigit():
             ap.error(f"--iters {item}: give STEP=N with STEP one of {', '.join(STAGES)}")
         iters[step] = int(n)
+    record = REPO / (args.record or default_record(args.results))
     if not args.report_only:
         for seed in args.seeds:
-            run_seed(seed, out, args.preset, args.overrides, args.device, args.stages, args.teachers, args.budget, iters)
-    found = collect(out)
+            run_seed(seed, out, args.preset, args.overrides, args.device, args.stages, args.teachers, args.budget,
+                     iters, record)
+    found = collect(out, keep(record, seed_runs(out, load_record(record)), out))
     if not found:
         sys.exit(f"no finished step under {out}")
     path = REPO / args.results
     curve = plot_curves(found, path.with_name(f"{path.stem}-curve.png"), f"CamVid val mIoU by iteration ({out})")
     lines = report(found, args.preset, args.overrides, out, args.budget, iters, curve)
     path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text().split(KEEP_BELOW, 1)[0] if path.exists() else ""
+    if figures(lines) < figures(old.splitlines()) and not args.replace:
+        sys.exit(f"{args.results}: the new table holds {figures(lines)} figures, the file's {figures(old.splitlines())}: "
+                 f"runs it was written from are missing under {out} and from {record.name}; pass --replace to drop them")
     # Sections written by hand or by other scripts (the edge benchmark) follow the marker and are kept.
     kept = path.read_text().split(KEEP_BELOW, 1)[1] if path.exists() and KEEP_BELOW in path.read_text() else "\n"
     tmp = path.with_suffix(".tmp")

@@ -23,7 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from camvid_table import REPO, machine, record_machine, sh, vals
+from camvid_table import REPO, default_record, finished, keep, load_record, machine, record_machine, sh
 
 # row -> (suggest --method, --diversity or None for --no-diverse); random rows are drawn several times (--draws)
 PICKS = {"random": ("random", None), "disagreement": ("disagreement", None),
@@ -72,41 +72,12 @@ def train_cmd(args, picks: Path | None, seed: int, run: Path, stage: str = "supe
 
 
 def best(run: Path, record: dict | None = None) -> tuple[float, int | None] | None:
-    """(best val mIoU, its iteration) of a finished run: from its folder, else from `record` (the
-    committed record of finished runs, keyed by the run's path), else None."""
-    v = vals(REPO / run)
-    if (REPO / run / "done.json").exists() and v:
-        top = max(v, key=lambda r: r["miou_student"])
-        return top["miou_student"], top["iteration"]
-    kept = (record or {}).get("runs", {}).get(run.as_posix())
-    return (kept["miou"], kept.get("iteration")) if kept else None
-
-
-def load_record(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {"runs": {}, "picks": {}}
-
-
-def update_record(path: Path, out: Path, seeds, names) -> dict:
-    """The record (`--record`) with every finished run and pick list under `out` added: a run folder
-    under runs/ is not kept between machines, the record is committed, so the table keeps every figure
-    it has shown and every pick list can be trained on again. Written atomically."""
-    record = load_record(path)
-    machine_line = machine(out)
-    for seed in seeds:
-        for name in names:
-            run = out / f"seed{seed}" / name
-            found = best(run) if (REPO / run / "done.json").exists() else None
-            if found:
-                done = json.loads((REPO / run / "done.json").read_text())
-                record["runs"][run.as_posix()] = {"miou": found[0], "iteration": found[1], "wall_s": round(done["wall"]),
-                                                  "command": done["command"], "machine": machine_line}
-    for name in names:
-        listed = out / "picks" / name / "suggested.txt"
-        if (REPO / listed).exists():
-            record["picks"][listed.parent.as_posix()] = (REPO / listed).read_text().split()
-    path.with_suffix(".tmp").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    path.with_suffix(".tmp").replace(path)
-    return record
+    """(best val mIoU, its iteration) of a finished run (its folder, else the committed record), else None."""
+    got = finished(run, record)
+    if not got or not got[1]:
+        return None
+    top = max(got[1], key=lambda r: r["miou_student"])
+    return top["miou_student"], top["iteration"]
 
 
 def mean_sd(xs: list[float]) -> str:
@@ -236,30 +207,32 @@ def main() -> None:
     num, _, den = args.fraction.partition("/")
     args.fraction_value = float(num) / float(den or 1)
     out = Path(args.out)
-    args.record = args.record or str(Path(args.results).with_name(Path(args.results).stem + "-runs.json"))
+    args.record = args.record or str(default_record(args.results))
     sets = pick_sets(args.rows, args.draws)
     names = ["start", *(n for _, n, _ in sets), STUDENT]
-    keep = lambda: update_record(REPO / args.record, out, args.seeds, names)  # after every step: figures survive
+    record_path = REPO / args.record
+    runs_of = lambda: [out / f"seed{seed}" / name for seed in args.seeds for name in names]
+    kept = lambda: keep(record_path, runs_of(), out, [out / "picks" / n for _, n, _ in sets])  # after every step
     if not args.report_only:
         record_machine(out, args.device)
         for row, name, draw in sets:
             folder = REPO / out / "picks" / name
             folder.mkdir(parents=True, exist_ok=True)
             sh(suggest_cmd(args, name, row, draw, out), folder.with_suffix(".log"), folder / "done.json")
-            keep()
+            kept()
         for seed in args.seeds:
             runs = [("start", None, "supervised"), *((n, out / "picks" / n, "supervised") for _, n, _ in sets)]
             if args.student:
                 runs.append((STUDENT, out / "picks" / slug(DEFAULT_PICKS), "student"))
             for name, picks, stage in runs:
                 run = out / f"seed{seed}" / name
-                if run.as_posix() in load_record(REPO / args.record)["runs"]:
+                if run.as_posix() in load_record(record_path)["runs"] and not (REPO / run / "done.json").exists():
                     print(f"in the record already: {run}", flush=True)
                     continue
                 (REPO / run).mkdir(parents=True, exist_ok=True)
                 sh(train_cmd(args, picks, seed, run, stage), (REPO / run).with_suffix(".log"), REPO / run / "done.json")
-                keep()
-    record = keep()
+                kept()
+    record = kept()
     lines = report(args, out, sets, record)
     write_between_markers(REPO / args.results, "\n".join(lines))
     print("\n".join(lines))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import shutil
 import subprocess
 import tarfile

@@ -67,6 +67,15 @@ def test_table_at_a_tiny_fraction_on_the_demo_data(tiny_demo, tmp_path):
     assert (tmp_path / "results-curve.png").stat().st_size > 1000
     done = json.loads((tmp_path / "runs" / "seed0" / "unimatch" / "done.json").read_text())
     assert done["command"].startswith("igldt train --stage unimatch") and done["wall"] > 0
+    assert "runs/seed0/unimatch" in (tmp_path / "results-runs.json").read_text()  # the record, beside the results
+    # A run folder gone and no record of it: the rewrite would drop its figures, so it is refused unless asked.
+    import shutil
+    shutil.rmtree(tmp_path / "runs" / "seed0" / "unimatch")
+    report = [*cmd, "--report-only", "--record", str(tmp_path / "empty-runs.json")]
+    refused = subprocess.run(report, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "pass --replace" in refused.stderr and results.read_text() == text
+    assert subprocess.run([*report, "--replace"], capture_output=True, text=True, timeout=600).returncode == 0
+    assert "| UniMatch |" not in results.read_text()
 
 
 def test_a_cut_step_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
@@ -109,3 +118,35 @@ def test_a_run_whose_best_is_its_last_validation_is_still_rising():
     assert not still_rising([(200, 0.40), (400, 0.56), (600, 0.55)])  # peaked before its end
     assert not still_rising([(200, 0.40)])                             # one validation: no verdict
     assert not still_rising([])
+
+
+def test_the_record_keeps_a_runs_figures_when_its_folder_is_gone(tmp_path, monkeypatch):
+    """keep() writes every finished run's done.json and validations into the committed record; with the
+    folder gone, collect() gives the same table and run_seed does not train it again."""
+    import json
+    import shutil
+
+    table = _table()
+    out, record = tmp_path / "runs", tmp_path / "results-runs.json"
+    run = out / "seed0" / "supervised"
+    run.mkdir(parents=True)
+    (run / "done.json").write_text(json.dumps({"wall": 12.0, "command": "igldt train --stage supervised"}))
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"iteration": 10, "loss": 1.0},
+        {"iteration": 200, "val": {"miou_student": 0.41, "score": 0.41, "class_iou": {"sky": 0.9}}},
+        {"iteration": 400, "val": {"miou_student": 0.47, "score": 0.47, "class_iou": {"sky": 0.92}}}]) + "\n")
+    assert table.default_record("docs/results.md") == Path("docs/results-runs.json")
+    before = table.collect(out, table.keep(record, table.seed_runs(out, table.load_record(record)), out))
+    assert before[0]["val"]["Sup-only"] == 0.47 and before[0]["curves"]["Sup-only"] == [(200, 0.41), (400, 0.47)]
+    shutil.rmtree(out / "seed0")
+    kept = table.load_record(record)
+    assert table.collect(out, kept) == before and table.collect(out) == {}
+    calls = []
+    monkeypatch.setattr(table, "sh", lambda cmd, log, done, record=None: calls.append(cmd) or 0.0)
+    table.run_seed(0, out, "demo", [], "cpu", stages=("supervised", "unimatch"), record=record)
+    assert [c[c.index("--stage") + 1] for c in calls] == ["unimatch"]  # Sup-only is in the record
+
+
+def test_figures_counts_the_numeric_cells_of_table_rows():
+    figures = _table().figures
+    assert figures(["| row | 51.71 | 49.74 ↑ | n/a | 50.73 ± 1.39 |", "| --- | --- |", "text 12.5", "| +0.39 (+0.39) |"]) == 4
