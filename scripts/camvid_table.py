@@ -236,6 +236,8 @@ def keep(path: Path, runs, out: Path, picks=()) -> dict:
     the machine it ran on) and every pick list of `picks` (folders holding a suggested.txt) added:
     committed beside the results, it keeps the table's figures and lists when the run folders are
     gone (another machine) and spares their reruns. Written atomically."""
+    from igldt.data.splits import read_split_file
+
     record = load_record(path)
     for run in runs:
         if (REPO / run / DONE).exists():
@@ -243,7 +245,7 @@ def keep(path: Path, runs, out: Path, picks=()) -> dict:
             record["runs"][run.as_posix()] = {"done": done, "vals": records, "machine": machine(out)}
     for folder in picks:
         if (REPO / folder / "suggested.txt").exists():
-            record["picks"][folder.as_posix()] = (REPO / folder / "suggested.txt").read_text().split()
+            record["picks"][folder.as_posix()] = read_split_file(REPO / folder / "suggested.txt")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".tmp").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     path.with_suffix(".tmp").replace(path)
