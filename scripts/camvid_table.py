@@ -34,7 +34,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -42,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from run_record import DONE, REPO, default_record, finished, keep, load_record, machine, record_machine, seed_runs
 STAGES = ("supervised", "teachers", "student", "cps", "supervised-long", "unimatch", "teachers-unimatch",
           "supervised-ohem", "supervised-mf", "teachers-cps-t095", "teachers-cps-w05", "student-valid095",
           "student-ohem", "student-no-pool-pl", "student-ohem-mfpl", "teachers-ohem-t095", "student-ohem-mfpl-ohem-teachers", "unimatch-ohem")
@@ -83,7 +82,6 @@ ROWS = {"Sup-only": ("supervised", "student"), "Sup-only, longest budget": ("sup
         "T_RU, OHEM CE + CPS confidence rule": ("teachers-ohem-t095", "local"),
         "ensemble, OHEM CE + CPS confidence rule": ("teachers-ohem-t095", "ensemble"),
         "IGL-DT student, OHEM CE + weighted pseudo-labels, OHEM teachers": ("student-ohem-mfpl-ohem-teachers", "student")}
-DONE = "done.json"    # per finished step: {"wall": seconds, "command": ...}; a rerun skips the step
 KEEP_BELOW = "<!-- written above by scripts/camvid_table.py; kept below -->"
 VAL_EVERY = 200       # every stage validates every 200 iterations; best.pt is the best of these
 RISING = " ↑"         # marks a run whose best validation is its last (not at its plateau yet)
@@ -119,34 +117,6 @@ def resumed(cmd: list[str], run: Path) -> list[str] | None:
         return None
     i = cmd.index("--preset")
     return [*cmd[:i], *cmd[i + 2:], "--resume", str(run / "last.pt")]
-
-
-def vals(run: Path) -> list[dict]:
-    """Every validation record of a run (iteration and mIoU per validated model)."""
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [{"iteration": r.get("iteration"), **r["val"]} for r in map(json.loads, path.read_text().splitlines())
-            if "val" in r]
-
-
-def record_machine(out: Path, device: str) -> None:
-    """Write what the runs train on (`<out>/machine.json`) for the report's header."""
-    import torch
-    info = {"platform": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "device": device,
-            "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None}
-    (REPO / out).mkdir(parents=True, exist_ok=True)
-    (REPO / out / "machine.json").write_text(json.dumps(info))
-
-
-def machine(out: Path) -> str:
-    path = REPO / out / "machine.json"
-    if not path.exists():
-        return "an unrecorded machine"
-    m = json.loads(path.read_text())
-    where = f"one {m['gpu']} GPU" if m.get("gpu") else "CPU"
-    return (f"{where} ({m['platform']}, {m['cores']} CPU cores, Python {m['python']}, torch {m['torch']})")
 
 
 def budget_overrides(preset: str, overrides: list[str], budget: float, iters: dict[str, int] | None = None
@@ -211,60 +181,12 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
             keep(record, [run], out)
 
 
-# -- the committed record: run folders stay on one machine, the figures they gave must not ------------
-def load_record(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {"runs": {}, "picks": {}}
-
-
-def default_record(results: str | Path) -> Path:
-    """Where a results file's record lives: beside it, `<name>-runs.json`."""
-    results = Path(results)
-    return results.with_name(f"{results.stem}-runs.json")
-
-
-def finished(run: Path, record: dict | None = None) -> tuple[dict, list[dict]] | None:
-    """(its done.json, its validation records) of a finished run: from its folder, else from `record`
-    (keyed by the run's path as given, relative to the repository), else None."""
-    if (REPO / run / DONE).exists():
-        return json.loads((REPO / run / DONE).read_text()), vals(REPO / run)
-    kept = (record or {}).get("runs", {}).get(run.as_posix())
-    return (kept["done"], kept["vals"]) if kept else None
-
-
-def keep(path: Path, runs, out: Path, picks=()) -> dict:
-    """The record at `path` with every finished run of `runs` (its done.json, validation records and
-    the machine it ran on) and every pick list of `picks` (folders holding a suggested.txt) added:
-    committed beside the results, it keeps the table's figures and lists when the run folders are
-    gone (another machine) and spares their reruns. Written atomically."""
-    from igldt.data.splits import read_split_file
-
-    record = load_record(path)
-    for run in runs:
-        if (REPO / run / DONE).exists():
-            done, records = finished(run)
-            record["runs"][run.as_posix()] = {"done": done, "vals": records, "machine": machine(out)}
-    for folder in picks:
-        if (REPO / folder / "suggested.txt").exists():
-            record["picks"][folder.as_posix()] = read_split_file(REPO / folder / "suggested.txt")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    path.with_suffix(".tmp").replace(path)
-    return record
-
-
-def seed_runs(out: Path, record: dict, names=STAGES) -> list[Path]:
-    """Every `<out>/seed<S>/<name>` with a folder here or an entry in the record."""
-    seeds = {int(f.name[4:]) for f in (REPO / out).glob("seed*") if f.name[4:].isdigit()}
-    seeds |= {int(Path(k).parent.name[4:]) for k in record["runs"] if Path(k).parent.parent == out}
-    return [out / f"seed{s}" / n for s in sorted(seeds) for n in names]
-
-
 def collect(out: Path, record: dict | None = None) -> dict[int, dict]:
     """{seed: {"val": {row: mIoU or None}, "iou": {row: {class: IoU}}, "curves": {row: [(iteration, mIoU)]},
     "times": {step: s}, "commands": [...]}} for every seed with a finished step (its folder or `record`)."""
     found = {}
     by_seed: dict[int, dict] = {}
-    for run in seed_runs(out, record or {"runs": {}}):
+    for run in seed_runs(out, record or {"runs": {}}, STAGES):
         got = finished(run, record)
         if got:
             by_seed.setdefault(int(run.parent.name[4:]), {})[run.name] = got
@@ -545,7 +467,7 @@ def main() -> None:
         for seed in args.seeds:
             run_seed(seed, out, args.preset, args.overrides, args.device, args.stages, args.teachers, args.budget,
                      iters, record)
-    found = collect(out, keep(record, seed_runs(out, load_record(record)), out))
+    found = collect(out, keep(record, seed_runs(out, load_record(record), STAGES), out))
     if not found:
         sys.exit(f"no finished step under {out}")
     path = REPO / args.results

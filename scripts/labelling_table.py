@@ -23,7 +23,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from camvid_table import REPO, default_record, finished, keep, load_record, machine, record_machine, sh
+from camvid_table import sh
+from run_record import REPO, default_record, finished, keep, load_record, machine, record_machine
 
 # row -> (suggest --method, --diversity or None for --no-diverse); random rows are drawn several times (--draws)
 PICKS = {"random": ("random", None), "disagreement": ("disagreement", None),

@@ -136,7 +136,7 @@ def test_the_record_keeps_a_runs_figures_when_its_folder_is_gone(tmp_path, monke
         {"iteration": 200, "val": {"miou_student": 0.41, "score": 0.41, "class_iou": {"sky": 0.9}}},
         {"iteration": 400, "val": {"miou_student": 0.47, "score": 0.47, "class_iou": {"sky": 0.92}}}]) + "\n")
     assert table.default_record("docs/results.md") == Path("docs/results-runs.json")
-    before = table.collect(out, table.keep(record, table.seed_runs(out, table.load_record(record)), out))
+    before = table.collect(out, table.keep(record, table.seed_runs(out, table.load_record(record), table.STAGES), out))
     assert before[0]["val"]["Sup-only"] == 0.47 and before[0]["curves"]["Sup-only"] == [(200, 0.41), (400, 0.47)]
     shutil.rmtree(out / "seed0")
     kept = table.load_record(record)
