@@ -41,7 +41,8 @@ import sys
 import time
 from pathlib import Path
 
-from run_record import DONE, REPO, default_record, finished, keep, load_record, machine, record_machine, seed_runs
+from run_record import (DONE, REPO, default_record, finished, keep, load_record, machine, only_in_record,
+                        record_machine, seed_runs)
 STAGES = ("supervised", "teachers", "student", "cps", "supervised-long", "unimatch", "teachers-unimatch",
           "supervised-ohem", "supervised-mf", "teachers-cps-t095", "teachers-cps-w05", "student-valid095",
           "student-ohem", "student-no-pool-pl", "student-ohem-mfpl", "teachers-ohem-t095", "student-ohem-mfpl-ohem-teachers", "unimatch-ohem")
@@ -172,8 +173,7 @@ def run_seed(seed: int, out: Path, preset: str, overrides: list[str], device: st
         run = out / f"seed{seed}" / name
         cmd = igldt + ["train", "--stage", STAGE_OF.get(name, name), *common, "--out", str(run),
                        *extra[name], *[a for o in scaled[name] for a in ("-o", o)]]
-        if record and run.as_posix() in load_record(record)["runs"] and not (REPO / run / DONE).exists():
-            print(f"in the record already: {run}", flush=True)
+        if record and only_in_record(record, run):
             continue
         again = resumed(cmd, run)  # a run cut by a session's end (sh skips a step done already)
         sh(again or cmd, folder / f"{name}.log", REPO / run / DONE, record=cmd if again else None)

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from camvid_table import sh
-from run_record import REPO, default_record, finished, keep, load_record, machine, record_machine
+from run_record import REPO, default_record, finished, keep, machine, only_in_record, record_machine
 
 # row -> (suggest --method, --diversity or None for --no-diverse); random rows are drawn several times (--draws)
 PICKS = {"random": ("random", None), "disagreement": ("disagreement", None),
@@ -227,8 +227,7 @@ def main() -> None:
                 runs.append((STUDENT, out / "picks" / slug(DEFAULT_PICKS), "student"))
             for name, picks, stage in runs:
                 run = out / f"seed{seed}" / name
-                if run.as_posix() in load_record(record_path)["runs"] and not (REPO / run / "done.json").exists():
-                    print(f"in the record already: {run}", flush=True)
+                if only_in_record(record_path, run):
                     continue
                 (REPO / run).mkdir(parents=True, exist_ok=True)
                 sh(train_cmd(args, picks, seed, run, stage), (REPO / run).with_suffix(".log"), REPO / run / "done.json")

@@ -69,10 +69,11 @@ def keep(path: Path, runs, out: Path, picks=()) -> dict:
     from igldt.data.splits import read_split_file
 
     record = load_record(path)
+    where = machine(out)
     for run in runs:
         if (REPO / run / DONE).exists():
             done, records = finished(run)
-            record["runs"][run.as_posix()] = {"done": done, "vals": records, "machine": machine(out)}
+            record["runs"][run.as_posix()] = {"done": done, "vals": records, "machine": where}
     for folder in picks:
         if (REPO / folder / "suggested.txt").exists():
             record["picks"][folder.as_posix()] = read_split_file(REPO / folder / "suggested.txt")
@@ -80,6 +81,15 @@ def keep(path: Path, runs, out: Path, picks=()) -> dict:
     path.with_suffix(".tmp").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     path.with_suffix(".tmp").replace(path)
     return record
+
+
+def only_in_record(path: Path, run: Path) -> bool:
+    """True (and says so) when `run` is finished in the record at `path` but has no folder here: a table
+    takes its figures from the record and does not train it again."""
+    if (REPO / run / DONE).exists() or run.as_posix() not in load_record(path)["runs"]:
+        return False
+    print(f"in the record already: {run}", flush=True)
+    return True
 
 
 def seed_runs(out: Path, record: dict, names) -> list[Path]:
